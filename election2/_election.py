@@ -1,0 +1,410 @@
+"""The ``Election`` / ``Factory`` protocols and the behaviour every mechanism shares.
+
+:class:`BaseElection` and :class:`BaseFactory` hold everything that is the same
+for every backend: argument checks, the mastership term and its cancel scopes,
+the renewal loop that pushes deadlines forward, idempotent ``resign``, bounded
+and shielded ``close``, and the factory's task nursery. A mechanism subclasses
+both and supplies only what differs:
+
+* ``BaseElection._campaign`` - wait until the backend makes us master;
+* ``BaseElection._release`` - give up our candidacy or term in the backend;
+* ``BaseElection.leader`` / ``BaseElection._leader_changes`` - who leads;
+* ``BaseFactory._create_election``, ``_open``, ``_renew``, ``_close_session``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Generic, Protocol, Self, TypeVar, runtime_checkable
+
+import trio
+
+from ._checks import check_instance_id, check_positive_seconds, check_resource_id, drift_margin
+from ._mastership import Mastership
+from .errors import ElectionClosedError, ElectionError, MechanismUnavailableError
+
+__all__ = ["BaseElection", "BaseFactory", "Election", "Factory"]
+
+log = logging.getLogger("election2")
+
+
+@runtime_checkable
+class Election(Protocol):
+    """Master election for one resource, as seen by one instance."""
+
+    @property
+    def resource_id(self) -> str: ...
+    @property
+    def instance_id(self) -> str: ...
+    @property
+    def is_master(self) -> bool: ...
+    @property
+    def fencing_token(self) -> int | None: ...
+
+    async def await_mastership(self) -> None: ...
+    def with_mastership(self) -> AbstractAsyncContextManager[trio.CancelScope]: ...
+    async def resign(self) -> None: ...
+    async def close(self) -> None: ...
+    async def leader(self) -> str | None: ...
+    def observe(self) -> AbstractAsyncContextManager[AsyncIterator[str | None]]: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Factory(Protocol):
+    """Creates the elections of one instance."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    async def new_election(self, resource_id: str) -> Election: ...
+
+
+FactoryT = TypeVar("FactoryT", bound="BaseFactory")  # type: ignore[type-arg]
+ElectionT = TypeVar("ElectionT", bound="BaseElection")  # type: ignore[type-arg]
+
+
+class BaseElection(ABC, Generic[FactoryT]):
+    """Shared implementation of :class:`Election`; see the module docstring."""
+
+    def __init__(self, factory: FactoryT, resource_id: str) -> None:
+        self._factory = factory
+        self._resource_id = resource_id
+        self._mastership = Mastership()
+        self._campaign_lock = trio.Lock()
+        self._pending: set[trio.CancelScope] = set()
+        self._closed = False
+
+    # -- what a mechanism supplies -------------------------------------------
+
+    @abstractmethod
+    async def _campaign(self) -> tuple[int, float]:
+        """Block until the backend makes this instance master.
+
+        Returns the term's fencing token and its local deadline on trio's clock.
+        If cancelled, leaves no candidacy behind in the backend.
+        """
+
+    @abstractmethod
+    async def _release(self) -> None:
+        """Remove this instance's candidacy and term from the backend.
+
+        Called with the term already ended locally. Idempotent; a no-op when
+        there is nothing to remove.
+        """
+
+    @abstractmethod
+    async def leader(self) -> str | None:
+        """The current master's ``instance_id``, or ``None`` when nobody leads."""
+
+    @abstractmethod
+    def _leader_changes(self) -> AbstractAsyncContextManager[AsyncIterator[str | None]]:
+        """Yield the current leader, then each later value (repeats are fine)."""
+
+    # -- public API ------------------------------------------------------------
+
+    @property
+    def resource_id(self) -> str:
+        return self._resource_id
+
+    @property
+    def instance_id(self) -> str:
+        return self._factory.instance_id
+
+    @property
+    def is_master(self) -> bool:
+        """Local belief: False as soon as the term ended or its local deadline passed."""
+        return self._mastership.held
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The current term's token while :attr:`is_master`, else ``None``."""
+        return self._mastership.token
+
+    async def await_mastership(self) -> None:
+        """Block until this instance is master of the resource.
+
+        Returns at once if it already is. Cancelling the caller withdraws the
+        candidacy. Raises :class:`ElectionClosedError` if the election is (or gets)
+        closed while waiting, :class:`MechanismUnavailableError` if the backend
+        cannot be reached.
+        """
+        self._check_open()
+        async with self._campaign_lock:
+            self._check_open()
+            if self._mastership.held:
+                return
+            if self._mastership.granted:
+                # The local deadline passed without the backend saying so: we
+                # cannot tell whether the term survived, so start a fresh one.
+                self._mastership.end()
+                await self._release()
+            with trio.CancelScope() as pending:
+                self._pending.add(pending)
+                try:
+                    token, deadline = await self._campaign()
+                finally:
+                    self._pending.discard(pending)
+            if self._closed:
+                with trio.CancelScope(shield=True):
+                    await self._release()
+                raise ElectionClosedError(f"election {self._resource_id!r} was closed")
+            self._mastership.begin(token, deadline)
+
+    @asynccontextmanager
+    async def with_mastership(self) -> AsyncIterator[trio.CancelScope]:
+        """Run the block under the current term.
+
+        Yields a :class:`trio.CancelScope` cancelled the moment mastership ends
+        (loss, resign, close) and whose deadline is the term's local expiry,
+        pushed forward on each renewal. Not master on entry: the scope is
+        already cancelled. The block exits normally; ``scope.cancelled_caught``
+        tells whether mastership ended under it.
+        """
+        self._check_open()
+        with self._mastership.scope() as scope:
+            yield scope
+
+    async def resign(self) -> None:
+        """Give up mastership so another candidate can take over at once.
+
+        Idempotent; a no-op when not master. Open scopes are cancelled before
+        the backend is told, so guarded work stops before a successor can start.
+        """
+        self._check_open()
+        if not self._mastership.granted:
+            return
+        self._mastership.end()
+        await self._release()
+
+    async def close(self) -> None:
+        """Resign (best effort, shielded, bounded) and make further use raise
+        :class:`ElectionClosedError`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for pending in self._pending:
+            pending.cancel()
+        self._mastership.end()
+        with trio.move_on_after(self._factory.close_timeout) as bounded:
+            bounded.shield = True
+            try:
+                await self._release()
+            except ElectionError as exc:
+                log.warning("closing %r: could not release: %s", self._resource_id, exc)
+        self._factory._forget(self)
+
+    @asynccontextmanager
+    async def observe(self) -> AsyncIterator[AsyncIterator[str | None]]:
+        """Iterate over the leader's ``instance_id`` (``None`` when nobody leads):
+        first the current value, then every change."""
+        self._check_open()
+        async with self._leader_changes() as changes:
+            yield _Distinct(changes)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- used by factories -----------------------------------------------------
+
+    def _lost(self) -> None:
+        """The backend ended our term (refused renewal, key deleted, lease gone)."""
+        if self._mastership.granted:
+            log.info("lost mastership of %r", self._resource_id)
+        self._mastership.end()
+
+    def _check_open(self) -> None:
+        if self._closed or self._factory.closed:
+            raise ElectionClosedError(f"election {self._resource_id!r} is closed")
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} resource={self._resource_id!r} "
+            f"instance={self.instance_id!r} master={self._mastership.granted}>"
+        )
+
+
+class _Distinct:
+    """Drop consecutive repeats from a leader feed."""
+
+    _unset = object()
+
+    def __init__(self, source: AsyncIterator[str | None]) -> None:
+        self._source = source
+        self._last: object = self._unset
+
+    def __aiter__(self) -> _Distinct:
+        return self
+
+    async def __anext__(self) -> str | None:
+        while True:
+            value = await self._source.__anext__()
+            if value != self._last:
+                self._last = value
+                return value
+
+
+class BaseFactory(ABC, Generic[ElectionT]):
+    """Shared implementation of :class:`Factory`.
+
+    Owns a nursery for the mechanism's background tasks and runs the renewal
+    loop: every ``renew_interval`` it asks the mechanism to renew, then pushes
+    the deadline of every confirmed term to *send time + ttl - margin* and ends
+    the terms the backend refused. A renewal that cannot reach the backend
+    changes nothing: it is retried and the scopes run on to their deadline.
+    """
+
+    def __init__(
+        self, *, instance_id: str, ttl: float, close_timeout: float = 5.0
+    ) -> None:
+        self._instance_id = check_instance_id(instance_id)
+        self.ttl = ttl
+        self.close_timeout = check_positive_seconds(close_timeout, name="close_timeout")
+        #: How much earlier than the backend we consider a lease expired.
+        self.margin = drift_margin(ttl)
+        self.renew_interval = ttl / 3
+        self.retry_interval = ttl / 10
+        #: Local expiry of the factory's session (lease mechanisms); -inf if none.
+        self.lease_deadline = -math.inf
+        self._elections: dict[str, ElectionT] = {}
+        self._closed = False
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return self._instance_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def elections(self) -> list[ElectionT]:
+        """The open elections of this factory."""
+        return list(self._elections.values())
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The nursery of the running factory, for mechanism tasks."""
+        if self._nursery is None:
+            raise ElectionClosedError("factory is not running")
+        return self._nursery
+
+    # -- what a mechanism supplies ---------------------------------------------
+
+    @abstractmethod
+    def _create_election(self, resource_id: str) -> ElectionT:
+        """Build the mechanism's election object (no I/O)."""
+
+    async def _open(self) -> None:
+        """Connect, create the session and start background tasks in :attr:`nursery`.
+
+        Raises :class:`MechanismUnavailableError` if the backend is unreachable.
+        """
+
+    @abstractmethod
+    async def _renew(self, held: list[ElectionT]) -> set[ElectionT]:
+        """Renew the session and the terms in ``held``; return those the backend
+        refused. Raise :class:`MechanismUnavailableError` if it was not reached."""
+
+    async def _close_session(self) -> None:
+        """Release the session (revoke the lease, close connections). Shielded."""
+
+    # -- shared behaviour -----------------------------------------------------
+
+    async def new_election(self, resource_id: str) -> ElectionT:
+        """The election of ``resource_id`` for this instance.
+
+        Raises :class:`InvalidResourceIdError` for a bad id and
+        :class:`ElectionError` if this factory already has an open election for it.
+        """
+        if self._closed:
+            raise ElectionClosedError(f"factory {self._instance_id!r} is closed")
+        resource_id = check_resource_id(resource_id)
+        if resource_id in self._elections:
+            raise ElectionError(
+                f"factory {self._instance_id!r} already has an open election for "
+                f"{resource_id!r}; close it first"
+            )
+        election = self._create_election(resource_id)
+        self._elections[resource_id] = election
+        return election
+
+    def _forget(self, election: BaseElection[FactoryT]) -> None:
+        if self._elections.get(election.resource_id) is election:
+            del self._elections[election.resource_id]
+
+    def _confirm(self, renewal_sent: float, held: list[ElectionT], refused: set[ElectionT]) -> None:
+        """Apply a renewal sent at ``renewal_sent`` to the terms it covered."""
+        deadline = renewal_sent + self.ttl - self.margin
+        for election in held:
+            if election in refused:
+                election._lost()
+            else:
+                election._mastership.extend(deadline)
+
+    async def _renew_loop(self) -> None:
+        delay = self.renew_interval
+        while True:
+            await trio.sleep(delay)
+            held = [e for e in self._elections.values() if e._mastership.granted]
+            renewal_sent = trio.current_time()
+            try:
+                refused = await self._renew(held)
+            except MechanismUnavailableError as exc:
+                log.warning("%s: renewal failed, retrying: %s", self._instance_id, exc)
+                delay = self.retry_interval
+                continue
+            self._confirm(renewal_sent, held, refused)
+            delay = self.renew_interval
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Self]:
+        """Open the session, run the background tasks, and close everything on exit."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._open()
+                nursery.start_soon(self._renew_loop)
+                yield self
+            finally:
+                await self.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close every election (each resigns), then release the session.
+
+        Shielded and bounded by ``close_timeout``, so it completes even when the
+        caller is being cancelled. Idempotent.
+        """
+        if self._closed:
+            return
+        with trio.move_on_after(self.close_timeout) as bounded:
+            bounded.shield = True
+            for election in list(self._elections.values()):
+                await election.close()
+            self._closed = True
+            try:
+                await self._close_session()
+            except ElectionError as exc:
+                log.warning("%s: closing the session failed: %s", self._instance_id, exc)
+        self._closed = True

@@ -1,0 +1,143 @@
+"""The scheme registry behind :func:`election2.open_factory`.
+
+A mechanism is a callable ``open_factory(url, *, instance_id=None, **options)``
+returning an async context manager that yields a :class:`~election2.Factory`.
+It is found by the URL's scheme in the entry-point group
+``election2.mechanisms``; the built-in ones are also known without
+installed metadata. :func:`parse_url` is the URL grammar they share.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlsplit
+
+from .._checks import DEFAULT_TTL, check_prefix, check_ttl
+from .._election import Factory
+from ..errors import ConfigurationError
+
+__all__ = ["Opener", "ParsedURL", "open_factory", "parse_url", "register"]
+
+Opener = Callable[..., AbstractAsyncContextManager[Factory]]
+
+ENTRY_POINT_GROUP = "election2.mechanisms"
+_BUILTIN = {
+    "memory": "election2.mechanisms.memory:open_factory",
+    "etcd": "election2.mechanisms.etcd:open_factory",
+    "etcds": "election2.mechanisms.etcd:open_factory",
+    "redis": "election2.mechanisms.redis:open_factory",
+    "rediss": "election2.mechanisms.redis:open_factory",
+}
+_registered: dict[str, Opener] = {}
+
+
+def register(scheme: str, opener: Opener) -> None:
+    """Register ``opener`` for ``scheme`` in this process (tests, plugins)."""
+    _registered[scheme.lower()] = opener
+
+
+def _load(target: str) -> Opener:
+    module, _, name = target.partition(":")
+    return cast(Opener, getattr(importlib.import_module(module), name))
+
+
+def _find(scheme: str) -> Opener:
+    if scheme in _registered:
+        return _registered[scheme]
+    for entry in entry_points(group=ENTRY_POINT_GROUP, name=scheme):
+        return cast(Opener, entry.load())
+    if scheme in _BUILTIN:
+        return _load(_BUILTIN[scheme])
+    known = sorted({*_BUILTIN, *_registered, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))})
+    raise ConfigurationError(f"unknown election URL scheme {scheme!r}; known: {', '.join(known)}")
+
+
+def open_factory(
+    url: str, *, instance_id: str | None = None, **options: Any
+) -> AbstractAsyncContextManager[Factory]:
+    """Open a factory for ``url`` (``memory://NAME``, ``etcd://...``, ``redis://...``).
+
+    Use as ``async with open_factory(url) as factory:``; leaving the block
+    closes every election of the factory (each resigns) and releases its
+    session. Raises :class:`~election2.errors.ConfigurationError` at once for an
+    unknown scheme or malformed URL.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"election URL must be a str, not {url!r}")
+    scheme = urlsplit(url).scheme.lower()
+    if not scheme or "://" not in url:
+        raise ConfigurationError(f"election URL needs a scheme such as memory://: {url!r}")
+    return _find(scheme)(url, instance_id=instance_id, **options)
+
+
+@dataclass(frozen=True)
+class ParsedURL:
+    """``scheme://[user:password@]host:port[,host:port...]/PREFIX?key=value``."""
+
+    url: str
+    scheme: str
+    endpoints: list[tuple[str, int]]
+    prefix: str
+    ttl: float
+    username: str | None = None
+    password: str | None = None
+    query: dict[str, str] = field(default_factory=dict)
+
+
+def parse_url(
+    url: str,
+    *,
+    default_port: int,
+    default_prefix: str,
+    options: Mapping[str, Any],
+    allowed: frozenset[str] = frozenset(),
+    min_ttl: float = 0.0,
+) -> ParsedURL:
+    """Parse a multi-endpoint URL; ``ttl`` may come from the query or ``options``.
+
+    Unknown query keys (other than ``ttl`` and ``allowed``) are rejected, so a
+    typo never silently falls back to a default.
+    """
+    split = urlsplit(url)
+    netloc = split.netloc
+    username = password = None
+    if "@" in netloc:
+        credentials, _, netloc = netloc.rpartition("@")
+        username, _, password = credentials.partition(":")
+    if not netloc:
+        raise ConfigurationError(f"URL names no host: {url!r}")
+    endpoints = []
+    for part in netloc.split(","):
+        host, sep, port_text = part.rpartition(":") if part.count(":") == 1 else (part, "", "")
+        if not sep:
+            host, port_text = part, str(default_port)
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ConfigurationError(f"bad port {port_text!r} in URL {url!r}") from None
+        if not host or not 0 < port < 65536:
+            raise ConfigurationError(f"bad endpoint {part!r} in URL {url!r}")
+        endpoints.append((host, port))
+    query = dict(parse_qsl(split.query, keep_blank_values=True))
+    unknown = set(query) - {"ttl"} - allowed
+    if unknown:
+        raise ConfigurationError(f"unknown URL option(s) {sorted(unknown)} in {url!r}")
+    if "ttl" in query and "ttl" in options and float(query["ttl"]) != options["ttl"]:
+        raise ConfigurationError(f"ttl given twice, in the URL and as an option: {url!r}")
+    ttl = check_ttl(options.get("ttl", query.get("ttl", DEFAULT_TTL)), minimum=min_ttl)
+    prefix = check_prefix(split.path or default_prefix)
+    return ParsedURL(
+        url=url,
+        scheme=split.scheme.lower(),
+        endpoints=endpoints,
+        prefix=prefix,
+        ttl=ttl,
+        username=username or None,
+        password=password or None,
+        query={k: v for k, v in query.items() if k != "ttl"},
+    )
