@@ -84,7 +84,9 @@ def check_ttl(value: object, *, minimum: float = 0.0) -> float:
     """A lease TTL: positive, finite, at most a day, and at least ``minimum``."""
     ttl = check_positive_seconds(value, name="ttl")
     if ttl < minimum:
-        raise ConfigurationError(f"ttl must be at least {minimum:g} s for this mechanism: {value!r}")
+        raise ConfigurationError(
+            f"ttl must be at least {minimum:g} s for this mechanism: {value!r}"
+        )
     return ttl
 
 

@@ -130,7 +130,7 @@ class BaseElection(ABC, Generic[FactoryT]):
     @property
     def fencing_token(self) -> int | None:
         """The current term's token while :attr:`is_master`, else ``None``."""
-        return self._mastership.token
+        return self._mastership.token if self._mastership.held else None
 
     async def await_mastership(self) -> None:
         """Block until this instance is master of the resource.
@@ -149,7 +149,7 @@ class BaseElection(ABC, Generic[FactoryT]):
                 # The local deadline passed without the backend saying so: we
                 # cannot tell whether the term survived, so start a fresh one.
                 self._mastership.end()
-                await self._release()
+                await self._release_shielded()
             with trio.CancelScope() as pending:
                 self._pending.add(pending)
                 try:
@@ -157,8 +157,7 @@ class BaseElection(ABC, Generic[FactoryT]):
                 finally:
                     self._pending.discard(pending)
             if self._closed:
-                with trio.CancelScope(shield=True):
-                    await self._release()
+                await self._release_shielded()
                 raise ElectionClosedError(f"election {self._resource_id!r} was closed")
             self._mastership.begin(token, deadline)
 
@@ -186,7 +185,8 @@ class BaseElection(ABC, Generic[FactoryT]):
         if not self._mastership.granted:
             return
         self._mastership.end()
-        await self._release()
+        # Shielded: resign is often called from inside a scope it just cancelled.
+        await self._release_shielded()
 
     async def close(self) -> None:
         """Resign (best effort, shielded, bounded) and make further use raise
@@ -197,13 +197,12 @@ class BaseElection(ABC, Generic[FactoryT]):
         for pending in self._pending:
             pending.cancel()
         self._mastership.end()
-        with trio.move_on_after(self._factory.close_timeout) as bounded:
-            bounded.shield = True
-            try:
-                await self._release()
-            except ElectionError as exc:
-                log.warning("closing %r: could not release: %s", self._resource_id, exc)
-        self._factory._forget(self)
+        try:
+            await self._release_shielded()
+        except ElectionError as exc:
+            log.warning("closing %r: could not release: %s", self._resource_id, exc)
+        finally:
+            self._factory._forget(self)
 
     @asynccontextmanager
     async def observe(self) -> AsyncIterator[AsyncIterator[str | None]]:
@@ -223,6 +222,17 @@ class BaseElection(ABC, Generic[FactoryT]):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def _release_shielded(self) -> None:
+        """:meth:`_release`, shielded from the caller's cancellation but bounded
+        by the factory's ``close_timeout``."""
+        with trio.move_on_after(self._factory.close_timeout) as bounded:
+            bounded.shield = True
+            await self._release()
+        if bounded.cancelled_caught:
+            raise MechanismUnavailableError(
+                f"could not release {self._resource_id!r} within {self._factory.close_timeout:g} s"
+            )
 
     # -- used by factories -----------------------------------------------------
 
@@ -273,9 +283,7 @@ class BaseFactory(ABC, Generic[ElectionT]):
     changes nothing: it is retried and the scopes run on to their deadline.
     """
 
-    def __init__(
-        self, *, instance_id: str, ttl: float, close_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, *, instance_id: str, ttl: float, close_timeout: float = 5.0) -> None:
         self._instance_id = check_instance_id(instance_id)
         self.ttl = ttl
         self.close_timeout = check_positive_seconds(close_timeout, name="close_timeout")
@@ -356,6 +364,7 @@ class BaseFactory(ABC, Generic[ElectionT]):
     def _confirm(self, renewal_sent: float, held: list[ElectionT], refused: set[ElectionT]) -> None:
         """Apply a renewal sent at ``renewal_sent`` to the terms it covered."""
         deadline = renewal_sent + self.ttl - self.margin
+        self.lease_deadline = deadline
         for election in held:
             if election in refused:
                 election._lost()
@@ -380,15 +389,22 @@ class BaseFactory(ABC, Generic[ElectionT]):
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Self]:
         """Open the session, run the background tasks, and close everything on exit."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            try:
-                await self._open()
-                nursery.start_soon(self._renew_loop)
-                yield self
-            finally:
-                await self.aclose()
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._open()
+                    nursery.start_soon(self._renew_loop)
+                    yield self
+                finally:
+                    await self.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Background tasks do not raise, so a lone error is the caller's own
+            # (or _open's): re-raise it as it was, not wrapped in a group.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
     async def aclose(self) -> None:
         """Close every election (each resigns), then release the session.

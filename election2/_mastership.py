@@ -39,8 +39,8 @@ class Mastership:
 
     @property
     def token(self) -> int | None:
-        """The fencing token of the term while :attr:`held`, else ``None``."""
-        return self._token if self.held else None
+        """The fencing token of the term from :meth:`begin` to :meth:`end`."""
+        return self._token
 
     @property
     def deadline(self) -> float:

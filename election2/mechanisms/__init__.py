@@ -53,7 +53,9 @@ def _find(scheme: str) -> Opener:
         return cast(Opener, entry.load())
     if scheme in _BUILTIN:
         return _load(_BUILTIN[scheme])
-    known = sorted({*_BUILTIN, *_registered, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))})
+    known = sorted(
+        {*_BUILTIN, *_registered, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))}
+    )
     raise ConfigurationError(f"unknown election URL scheme {scheme!r}; known: {', '.join(known)}")
 
 

@@ -1,0 +1,1 @@
+pytest_plugins = ["election2.testing.pytest_plugin"]
