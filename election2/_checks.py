@@ -69,12 +69,13 @@ def check_positive_seconds(value: object, *, name: str, maximum: float = MAX_TTL
         raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
     if isinstance(value, str):
         try:
-            value = float(value)
+            seconds = float(value)
         except ValueError:
             raise ConfigurationError(f"{name} must be a number of seconds: {value!r}") from None
-    if not isinstance(value, int | float):
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    else:
         raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
-    seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0 or seconds > maximum:
         raise ConfigurationError(f"{name} must be in (0, {maximum:g}] seconds: {value!r}")
     return seconds

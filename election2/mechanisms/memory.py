@@ -82,7 +82,9 @@ class MemoryBackend:
     ) -> AsyncIterator[MemoryFactory]:
         """Run a factory (one instance) on this backend."""
         factory = MemoryFactory(
-            self, instance_id=instance_id or default_instance_id(), close_timeout=close_timeout
+            self,
+            instance_id=default_instance_id() if instance_id is None else instance_id,
+            close_timeout=close_timeout,
         )
         async with factory.running():
             yield factory

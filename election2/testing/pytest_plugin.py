@@ -27,6 +27,7 @@ mock clock, TTLs pass in microseconds of real time::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -55,6 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: Iterable[pytest.Item]) -> None:
     for item in items:
+        function = getattr(item, "obj", None)
+        if not inspect.iscoroutinefunction(function):
+            continue
         if item.get_closest_marker("autojump_clock") is not None:
             # pytest-trio takes the runner of the first "trio" marker it finds.
             item.add_marker(pytest.mark.trio(run=_run_with_autojump_clock), append=False)
