@@ -1,0 +1,11 @@
+project = "election2"
+author = "election2 developers"
+extensions = ["myst_parser", "sphinx.ext.autodoc"]
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+exclude_patterns = ["_build"]
+myst_heading_anchors = 3
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+nitpicky = False
+html_theme = "alabaster"
+suppress_warnings = ["myst.xref_missing"]
