@@ -42,7 +42,5 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against references measured in the same run (pottery only here)."""
     session.install("-e", ".[dev]", "pottery")
-    for script in sorted(
-        session.posargs or ["bench/bench_etcd.py", "bench/bench_redis.py"]
-    ):
+    for script in sorted(session.posargs or ["bench/bench_etcd.py", "bench/bench_redis.py"]):
         session.run("python", script)
