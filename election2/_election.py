@@ -378,9 +378,11 @@ class BaseFactory(ABC, Generic[ElectionT]):
             held = [e for e in self._elections.values() if e._mastership.granted]
             renewal_sent = trio.current_time()
             try:
-                refused = await self._renew(held)
-            except MechanismUnavailableError as exc:
-                log.warning("%s: renewal failed, retrying: %s", self._instance_id, exc)
+                # A renewal slower than the interval is as good as lost.
+                with trio.fail_after(self.renew_interval):
+                    refused = await self._renew(held)
+            except (MechanismUnavailableError, trio.TooSlowError) as exc:
+                log.warning("%s: renewal failed, retrying: %r", self._instance_id, exc)
                 delay = self.retry_interval
                 continue
             self._confirm(renewal_sent, held, refused)

@@ -176,3 +176,19 @@ async def test_factory_close_revokes_lease_and_hands_over(backend: MemoryBackend
         await eb.await_mastership()
         assert trio.current_time() == start  # no TTL wait: the lease was revoked
         assert backend._lease_expiry.keys() == {"b"}
+
+
+async def test_campaign_after_lease_expired_gets_a_new_lease(backend: MemoryBackend) -> None:
+    async with backend.open_factory("a") as fa, backend.open_factory("b") as fb:
+        ea, eb = await fa.new_election("res"), await fb.new_election("res")
+        await ea.await_mastership()
+        backend.partition("a")
+        await eb.await_mastership()  # a's lease expired
+        backend.heal("a")
+        await eb.resign()
+        # a campaigns before its renewal loop noticed anything: it must not reuse
+        # the dead term, and it wins a fresh one with a valid deadline.
+        await ea.await_mastership()
+        assert ea.is_master and ea.fencing_token == 3
+        await trio.sleep(TTL * 2)
+        assert ea.is_master and ea.fencing_token == 3

@@ -225,6 +225,8 @@ class MemoryElection(BaseElection["MemoryFactory"]):
         try:
             while True:
                 await trio.lowlevel.checkpoint()
+                if self.instance_id not in backend._lease_expiry:
+                    self._factory._grant()
                 backend._enqueue(self.resource_id, self.instance_id)
                 term = backend._term(self.resource_id)
                 if term is not None and term.instance_id == self.instance_id:
@@ -272,6 +274,10 @@ class MemoryFactory(BaseFactory[MemoryElection]):
 
     async def _open(self) -> None:
         self.backend._register(self.instance_id)
+        self._grant()
+
+    def _grant(self) -> None:
+        """Get a lease (again: after an outage the old one may have expired)."""
         lease_sent = trio.current_time()
         self.backend._keep_alive(self.instance_id)
         self.lease_deadline = lease_sent + self.ttl - self.margin
