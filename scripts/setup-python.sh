@@ -8,7 +8,6 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv python3-pi
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     need_apt+=(python3-venv)
 fi
-if [ "${#need_apt[@]}" -gt 0 ] || [ "${#EXTRA_APT[@]:-0}" -gt 0 ] 2>/dev/null; then :; fi
 install_apt() {
     [ "$#" -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
