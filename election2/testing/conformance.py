@@ -36,7 +36,7 @@ import trio
 
 from .._election import Election, Factory
 from ..errors import ElectionClosedError, ElectionError, InvalidResourceIdError
-from .faults import FaultyElection
+from .faults import FaultyElection, Method
 
 __all__ = ["ElectionConformance"]
 
@@ -257,14 +257,15 @@ class ElectionConformance:
             await election.resign()
             assert not election.is_master
 
-    async def test_resign_injected_error_keeps_scope(self) -> None:
+    @pytest.mark.parametrize("method", ["resign", "close"])
+    async def test_failed_resign_or_close_keeps_scope(self, method: Method) -> None:
         async with self.factories("a") as (fa,):
             election = FaultyElection(await fa.new_election("res"))
             await election.await_mastership()
-            election.inject("resign", InjectedError("resign"))
+            election.inject(method, InjectedError(method))
             async with election.with_mastership() as scope:
                 with pytest.raises(InjectedError):
-                    await election.resign()
+                    await getattr(election, method)()
                 await trio.sleep(self.ttl / 20)
             assert not scope.cancelled_caught
             assert election.is_master
@@ -313,18 +314,6 @@ class ElectionConformance:
             again = await fa.new_election("res")
             await again.await_mastership()
             assert again.is_master
-
-    async def test_close_injected_error_keeps_scope(self) -> None:
-        async with self.factories("a") as (fa,):
-            election = FaultyElection(await fa.new_election("res"))
-            await election.await_mastership()
-            election.inject("close", InjectedError("close"))
-            async with election.with_mastership() as scope:
-                with pytest.raises(InjectedError):
-                    await election.close()
-                await trio.sleep(self.ttl / 20)
-            assert not scope.cancelled_caught
-            assert election.is_master
 
     async def test_close_cancels_a_waiting_campaign(self) -> None:
         async with self.factories("a", "b") as (fa, fb):
