@@ -1,0 +1,101 @@
+"""Fixtures: real etcd members on free loopback ports with temporary data dirs."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ServerProcess, free_port, require_binary, wait_until
+
+
+class EtcdMember(ServerProcess):
+    def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int) -> None:
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.member_name = name
+        self.data_dir = data_dir
+        self.initial_cluster = f"{name}=http://127.0.0.1:{peer_port}"
+        super().__init__([], name=name, log_path=data_dir.parent / f"{name}.log")
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        self.argv = [
+            require_binary("etcd"),
+            "--name", self.member_name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", f"http://127.0.0.1:{self.client_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{self.client_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--initial-cluster", self.initial_cluster,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"t-{uuid.uuid4().hex[:8]}",
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+        ]  # fmt: skip
+        super().start()
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=0.5) as r:
+                return bool(json.load(r).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def wait_healthy(self, timeout: float = 20) -> None:
+        try:
+            wait_until(self.healthy, timeout=timeout, what=f"etcd {self.endpoint}")
+        except TimeoutError:
+            raise TimeoutError(f"etcd did not start:\n{self.log_tail()}") from None
+
+
+def _start_cluster(tmp_path: Path, size: int) -> list[EtcdMember]:
+    members = [
+        EtcdMember(f"m{i}", tmp_path / f"m{i}", free_port(), free_port()) for i in range(size)
+    ]
+    cluster = ",".join(f"{m.member_name}=http://127.0.0.1:{m.peer_port}" for m in members)
+    for member in members:
+        member.initial_cluster = cluster
+        member.start()
+    for member in members:
+        member.wait_healthy()
+    return members
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
+    """One etcd shared by the tests that only need a working server."""
+    (member,) = _start_cluster(tmp_path_factory.mktemp("etcd"), 1)
+    yield member
+    member.kill()
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdMember]:
+    """A private etcd for tests that pause, stop or kill the server."""
+    (member,) = _start_cluster(tmp_path, 1)
+    yield member
+    member.kill()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[list[EtcdMember]]:
+    """A 3-member etcd cluster."""
+    members = _start_cluster(tmp_path, 3)
+    yield members
+    for member in members:
+        member.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key prefix, so tests never see each other's keys."""
+    return f"t/{uuid.uuid4().hex[:12]}"
