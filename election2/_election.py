@@ -14,6 +14,7 @@ both and supplies only what differs:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -154,6 +155,12 @@ class BaseElection(ABC, Generic[FactoryT]):
                 self._pending.add(pending)
                 try:
                     token, deadline = await self._campaign()
+                except BaseException:
+                    # Cancelled or failed: withdraw the candidacy. Best effort:
+                    # if the backend is unreachable, the lease or TTL expires it.
+                    with contextlib.suppress(ElectionError):
+                        await self._release_shielded()
+                    raise
                 finally:
                     self._pending.discard(pending)
             if self._closed:

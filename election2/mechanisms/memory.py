@@ -222,21 +222,15 @@ class MemoryElection(BaseElection["MemoryFactory"]):
 
     async def _campaign(self) -> tuple[int, float]:
         backend = self._factory.backend
-        try:
-            while True:
-                await trio.lowlevel.checkpoint()
-                if self.instance_id not in backend._lease_expiry:
-                    self._factory._grant()
-                backend._enqueue(self.resource_id, self.instance_id)
-                term = backend._term(self.resource_id)
-                if term is not None and term.instance_id == self.instance_id:
-                    return term.token, self._factory.lease_deadline
-                await backend._wait_for_change(self.resource_id)
-        except BaseException:
-            # Cancelled or failed: leave no candidacy behind (if we still can).
-            if self.instance_id not in backend._crashed | backend._partitioned:
-                backend._withdraw(self.resource_id, self.instance_id)
-            raise
+        while True:
+            await trio.lowlevel.checkpoint()
+            if self.instance_id not in backend._lease_expiry:
+                self._factory._grant()
+            backend._enqueue(self.resource_id, self.instance_id)
+            term = backend._term(self.resource_id)
+            if term is not None and term.instance_id == self.instance_id:
+                return term.token, self._factory.lease_deadline
+            await backend._wait_for_change(self.resource_id)
 
     async def _release(self) -> None:
         await trio.lowlevel.checkpoint()

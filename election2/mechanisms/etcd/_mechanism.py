@@ -65,42 +65,31 @@ class EtcdElection(BaseElection["EtcdFactory"]):
 
     async def _campaign(self) -> tuple[int, float]:
         client = self._factory.client
-        try:
-            while True:
-                candidacy = await self._stand()
-                # Wait for every earlier candidate to go, like Go's waitDeletes.
-                predecessors, _ = await client.range_prefix(
-                    self.election_prefix + "/",
-                    max_create_revision=candidacy.create_revision - 1,
-                    sort_order="DESCEND",
-                    sort_target="CREATE",
-                    limit=1,
-                    keys_only=True,
-                )
-                if predecessors:
-                    await self._factory._wait_for_change(self.resource_id, self.renew_hint)
-                    continue
-                # etcd's Campaign stops here; m3 had to patch it: make sure our
-                # key (and so our lease) still exists before claiming mastership.
-                ours = await client.get(candidacy.key)
-                if ours is None or ours.create_revision != candidacy.create_revision:
-                    self._candidacy = None
-                    continue
-                return candidacy.create_revision, self._factory.lease_deadline
-        except BaseException:
-            # Cancelled or failed: leave no candidacy behind.
-            with trio.move_on_after(self._factory.close_timeout) as cleanup:
-                cleanup.shield = True
-                try:
-                    await self._release()
-                except (MechanismUnavailableError, EtcdError):
-                    pass  # the lease will expire it
-            raise
-
-    @property
-    def renew_hint(self) -> float:
-        """How long to wait for a watch event before re-checking the queue."""
-        return self._factory.renew_interval
+        while True:
+            candidacy = await self._stand()
+            # Taken before looking, so a deletion seen after the look still wakes us.
+            changed = self._factory._view(self.resource_id).changed
+            # Wait for every earlier candidate to go, like Go's waitDeletes.
+            predecessors, _ = await client.range_prefix(
+                self.election_prefix + "/",
+                max_create_revision=candidacy.create_revision - 1,
+                sort_order="DESCEND",
+                sort_target="CREATE",
+                limit=1,
+                keys_only=True,
+            )
+            if predecessors:
+                # The watch wakes us; the timeout covers a watch that is reconnecting.
+                with trio.move_on_after(self._factory.renew_interval):
+                    await changed.wait()
+                continue
+            # etcd's Campaign stops here; m3 had to patch it: make sure our
+            # key (and so our lease) still exists before claiming mastership.
+            ours = await client.get(candidacy.key)
+            if ours is None or ours.create_revision != candidacy.create_revision:
+                self._candidacy = None
+                continue
+            return candidacy.create_revision, self._factory.lease_deadline
 
     async def _stand(self) -> _Candidacy:
         """Put our key on the factory's lease, or find the one we put before."""
@@ -228,10 +217,6 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         if view is None:
             view = self._views[resource_id] = _ResourceView()
         return view
-
-    async def _wait_for_change(self, resource_id: str, timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            await self._view(resource_id).changed.wait()
 
     # -- the lease ------------------------------------------------------------
 
