@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .._checks import DEFAULT_TTL, check_prefix, check_ttl
 from .._election import Factory
@@ -132,7 +132,7 @@ def parse_url(
     if "ttl" in query and "ttl" in options and float(query["ttl"]) != options["ttl"]:
         raise ConfigurationError(f"ttl given twice, in the URL and as an option: {url!r}")
     ttl = check_ttl(options.get("ttl", query.get("ttl", DEFAULT_TTL)), minimum=min_ttl)
-    prefix = check_prefix(split.path or default_prefix)
+    prefix = check_prefix(unquote(split.path) or default_prefix)
     return ParsedURL(
         url=url,
         scheme=split.scheme.lower(),

@@ -20,6 +20,7 @@ class EtcdMember(ServerProcess):
         self.member_name = name
         self.data_dir = data_dir
         self.initial_cluster = f"{name}=http://127.0.0.1:{peer_port}"
+        self.cluster_token = f"t-{uuid.uuid4().hex[:8]}"
         super().__init__([], name=name, log_path=data_dir.parent / f"{name}.log")
 
     @property
@@ -37,7 +38,7 @@ class EtcdMember(ServerProcess):
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-cluster", self.initial_cluster,
             "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"t-{uuid.uuid4().hex[:8]}",
+            "--initial-cluster-token", self.cluster_token,
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
         ]  # fmt: skip
@@ -62,8 +63,10 @@ def _start_cluster(tmp_path: Path, size: int) -> list[EtcdMember]:
         EtcdMember(f"m{i}", tmp_path / f"m{i}", free_port(), free_port()) for i in range(size)
     ]
     cluster = ",".join(f"{m.member_name}=http://127.0.0.1:{m.peer_port}" for m in members)
+    token = f"t-{uuid.uuid4().hex[:8]}"
     for member in members:
         member.initial_cluster = cluster
+        member.cluster_token = token
         member.start()
     for member in members:
         member.wait_healthy()

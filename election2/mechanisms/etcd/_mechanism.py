@@ -163,23 +163,35 @@ class EtcdElection(BaseElection["EtcdFactory"]):
             await view.changed.wait()
             view = self._factory._view(self.resource_id)
 
+    def fencing_guard(self) -> dict[str, str] | None:
+        """An etcd compare that holds only while the current term lasts.
+
+        It says "our candidacy key still has this term's create revision" (the
+        fencing token). Keep it with the work it guards and add it to every
+        transaction the work makes: once another instance won, the key is gone
+        and the transaction fails, however late the deposed master sends it.
+        ``None`` when not master.
+        """
+        candidacy = self._candidacy
+        token = self.fencing_token
+        if candidacy is None or token is None:
+            return None
+        return {"key": b64(candidacy.key), "target": "CREATE", "create_revision": str(token)}
+
     async def guarded_txn(
         self, compare: list[dict[str, object]], success: list[dict[str, object]]
     ) -> bool:
         """Run an etcd transaction that commits only while this term lasts.
 
-        Like PD's ``LeaderTxn``: ``compare`` is extended with "our candidacy key
-        still has the create revision of this term" (the fencing token), so a
-        deposed master's write fails even if it still believes it leads.
-        Operations are etcd gateway JSON (``request_put`` etc.). Returns whether
-        the transaction committed.
+        Like PD's ``LeaderTxn``: ``compare`` is extended with
+        :meth:`fencing_guard`. Operations are etcd gateway JSON
+        (``{"request_put": {"key": <base64>, "value": <base64>}}``). Returns
+        whether the transaction committed; False at once when not master.
         """
         self._check_open()
-        candidacy = self._candidacy
-        token = self.fencing_token
-        if candidacy is None or token is None:
+        guard = self.fencing_guard()
+        if guard is None:
             return False
-        guard = {"key": b64(candidacy.key), "target": "CREATE", "create_revision": str(token)}
         answer = await self._factory.client.txn([guard, *compare], success, [])
         return bool(answer.get("succeeded"))
 
