@@ -20,6 +20,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar, runtime_checkable
 
@@ -29,7 +30,7 @@ from ._checks import check_instance_id, check_positive_seconds, check_resource_i
 from ._mastership import Mastership
 from .errors import ElectionClosedError, ElectionError, MechanismUnavailableError
 
-__all__ = ["BaseElection", "BaseFactory", "Election", "Factory"]
+__all__ = ["BaseElection", "BaseFactory", "Election", "Factory", "Renewal"]
 
 log = logging.getLogger("election2")
 
@@ -280,6 +281,17 @@ class _Distinct:
                 return value
 
 
+@dataclass(frozen=True)
+class Renewal(Generic[ElectionT]):
+    """What a renewal found out about the terms it was asked to renew."""
+
+    #: The backend says these terms are over: they end at once.
+    refused: frozenset[ElectionT] = frozenset()
+    #: No answer either way (e.g. no quorum): not extended, they run on to
+    #: their current deadline. Every other term is extended.
+    unconfirmed: frozenset[ElectionT] = frozenset()
+
+
 class BaseFactory(ABC, Generic[ElectionT]):
     """Shared implementation of :class:`Factory`.
 
@@ -337,9 +349,11 @@ class BaseFactory(ABC, Generic[ElectionT]):
         """
 
     @abstractmethod
-    async def _renew(self, held: list[ElectionT]) -> set[ElectionT]:
-        """Renew the session and the terms in ``held``; return those the backend
-        refused. Raise :class:`MechanismUnavailableError` if it was not reached."""
+    async def _renew(self, held: list[ElectionT]) -> Renewal[ElectionT]:
+        """Renew the session and the terms in ``held``; say which the backend
+        refused (ended at once) and which it neither confirmed nor refused (they
+        run on to their deadline). Raise :class:`MechanismUnavailableError` if the
+        backend was not reached at all."""
 
     async def _close_session(self) -> None:
         """Release the session (revoke the lease, close connections). Shielded."""
@@ -368,14 +382,16 @@ class BaseFactory(ABC, Generic[ElectionT]):
         if self._elections.get(election.resource_id) is election:
             del self._elections[election.resource_id]
 
-    def _confirm(self, renewal_sent: float, held: list[ElectionT], refused: set[ElectionT]) -> None:
+    def _confirm(
+        self, renewal_sent: float, held: list[ElectionT], renewal: Renewal[ElectionT]
+    ) -> None:
         """Apply a renewal sent at ``renewal_sent`` to the terms it covered."""
         deadline = renewal_sent + self.ttl - self.margin
         self.lease_deadline = deadline
         for election in held:
-            if election in refused:
+            if election in renewal.refused:
                 election._lost()
-            else:
+            elif election not in renewal.unconfirmed:
                 election._mastership.extend(deadline)
 
     async def _renew_loop(self) -> None:
@@ -387,12 +403,12 @@ class BaseFactory(ABC, Generic[ElectionT]):
             try:
                 # A renewal slower than the interval is as good as lost.
                 with trio.fail_after(self.renew_interval):
-                    refused = await self._renew(held)
+                    renewal = await self._renew(held)
             except (MechanismUnavailableError, trio.TooSlowError) as exc:
                 log.warning("%s: renewal failed, retrying: %r", self._instance_id, exc)
                 delay = self.retry_interval
                 continue
-            self._confirm(renewal_sent, held, refused)
+            self._confirm(renewal_sent, held, renewal)
             delay = self.renew_interval
 
     @asynccontextmanager

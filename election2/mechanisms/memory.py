@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from .._checks import DEFAULT_TTL, check_instance_id, check_ttl, default_instance_id
-from .._election import BaseElection, BaseFactory
+from .._election import BaseElection, BaseFactory, Renewal
 from ..errors import ConfigurationError, MechanismUnavailableError
 from . import parse_url
 
@@ -276,7 +276,7 @@ class MemoryFactory(BaseFactory[MemoryElection]):
         self.backend._keep_alive(self.instance_id)
         self.lease_deadline = lease_sent + self.ttl - self.margin
 
-    async def _renew(self, held: list[MemoryElection]) -> set[MemoryElection]:
+    async def _renew(self, held: list[MemoryElection]) -> Renewal[MemoryElection]:
         await trio.lowlevel.checkpoint()
         self.backend._keep_alive(self.instance_id)
         # The lease may have expired and been granted anew: a term survives
@@ -289,7 +289,7 @@ class MemoryFactory(BaseFactory[MemoryElection]):
                 election._mastership.token,
             ):
                 refused.add(election)
-        return refused
+        return Renewal(refused=frozenset(refused))
 
     async def _close_session(self) -> None:
         await trio.lowlevel.checkpoint()

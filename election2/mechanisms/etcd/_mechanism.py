@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..._election import BaseElection, BaseFactory
+from ..._election import BaseElection, BaseFactory, Renewal
 from ...errors import ConfigurationError, MechanismUnavailableError
 from ._client import EtcdClient, EtcdError, KeyValue, b64
 
@@ -254,7 +254,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         await self._grant()
         await self.nursery.start(self._watch_forever)
 
-    async def _renew(self, held: list[EtcdElection]) -> set[EtcdElection]:
+    async def _renew(self, held: list[EtcdElection]) -> Renewal[EtcdElection]:
         lease_id = await self._current_lease()
         if await self.client.lease_keep_alive(lease_id) <= 0:
             # The lease expired (an outage longer than the TTL): every key on it
@@ -263,8 +263,12 @@ class EtcdFactory(BaseFactory[EtcdElection]):
             for election in list(self._candidacies.values()):
                 election._forget_candidacy()
             await self._grant()
-            return set(held)
-        return {e for e in held if e._candidacy is None or e._candidacy.lease_id != lease_id}
+            return Renewal(refused=frozenset(held))
+        return Renewal(
+            refused=frozenset(
+                e for e in held if e._candidacy is None or e._candidacy.lease_id != lease_id
+            )
+        )
 
     async def _close_session(self) -> None:
         try:
