@@ -18,7 +18,7 @@ import contextlib
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -30,7 +30,7 @@ from ._checks import check_instance_id, check_positive_seconds, check_resource_i
 from ._mastership import Mastership
 from .errors import ElectionClosedError, ElectionError, MechanismUnavailableError
 
-__all__ = ["BaseElection", "BaseFactory", "Election", "Factory", "Renewal"]
+__all__ = ["BaseElection", "BaseFactory", "Election", "Factory", "Renewal", "single_exception"]
 
 log = logging.getLogger("election2")
 
@@ -281,6 +281,30 @@ class _Distinct:
                 return value
 
 
+@contextlib.contextmanager
+def single_exception() -> Iterator[None]:
+    """Re-raise a lone exception out of (nested) exception groups as itself.
+
+    Background tasks of a factory do not raise, so a lone error from its
+    nurseries (or a client library's) is the caller's own or ``_open``'s: users
+    should see ``MechanismUnavailableError``, not a group wrapping it.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves: list[BaseException] = []
+        pending: list[BaseException] = [group]
+        while pending:
+            current = pending.pop()
+            if isinstance(current, BaseExceptionGroup):
+                pending.extend(current.exceptions)
+            else:
+                leaves.append(current)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
 @dataclass(frozen=True)
 class Renewal(Generic[ElectionT]):
     """What a renewal found out about the terms it was asked to renew."""
@@ -414,7 +438,7 @@ class BaseFactory(ABC, Generic[ElectionT]):
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Self]:
         """Open the session, run the background tasks, and close everything on exit."""
-        try:
+        with single_exception():
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
@@ -424,12 +448,6 @@ class BaseFactory(ABC, Generic[ElectionT]):
                 finally:
                     await self.aclose()
                     nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # Background tasks do not raise, so a lone error is the caller's own
-            # (or _open's): re-raise it as it was, not wrapped in a group.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
 
     async def aclose(self) -> None:
         """Close every election (each resigns), then release the session.

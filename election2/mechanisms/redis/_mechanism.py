@@ -1,0 +1,253 @@
+"""Elections by Redlock over N independent Redis masters.
+
+A term is a lock held on a quorum (N//2+1) of nodes. Acquire sends ``SET NX
+PX`` to every node at once and counts the term only if a quorum said yes
+*and* the round finished inside the validity window; the deadline is the
+round's start + ttl - drift, drift = ttl*1% + 2 ms. The core's renewal loop
+extends every key the factory holds with ONE script call per node per tick.
+Resign deletes the lock (compare-and-delete) and publishes on the prefix's
+channel, so waiting candidates retry at once instead of at their next poll.
+Fencing tokens come from a per-resource counter bumped on each node that
+granted the lock and raised to the term's token on a quorum.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import coredis
+import trio
+
+from ..._election import BaseElection, BaseFactory, Renewal
+from ...errors import MechanismUnavailableError
+from ._redlock import (
+    ACQUIRE,
+    EXTEND,
+    FENCE,
+    RELEASE,
+    NodeFailure,
+    RedisNode,
+    failures,
+    fan_out,
+    unavailable,
+)
+
+__all__ = ["RedisElection", "RedisFactory"]
+
+
+class _Signals:
+    """Per-resource events set by the factory's pub/sub listeners."""
+
+    def __init__(self) -> None:
+        self.released = trio.Event()
+        self.changed = trio.Event()
+
+    def fire(self, kind: str) -> None:
+        if kind == "released":
+            self.released.set()
+            self.released = trio.Event()
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class RedisElection(BaseElection["RedisFactory"]):
+    """The election of one resource by Redlock."""
+
+    def __init__(self, factory: RedisFactory, resource_id: str) -> None:
+        super().__init__(factory, resource_id)
+        self.key = factory.key_template.format(prefix=factory.prefix, resource=resource_id)
+        self.token_key = self.key + ":fencing"
+        #: Our lock value while we hold or try for the lock: "instance:random".
+        self._value: str | None = None
+
+    async def _campaign(self) -> tuple[int, float]:
+        factory = self._factory
+        unreachable_rounds = 0
+        while True:
+            signals = factory._signals(self.resource_id)
+            released = signals.released
+            try:
+                won = await self._try_acquire()
+            except MechanismUnavailableError:
+                # A node stalling for a moment is not an outage: give up only
+                # when a quorum stays unreachable for several rounds.
+                unreachable_rounds += 1
+                if unreachable_rounds >= factory.unreachable_rounds:
+                    raise
+                won = None
+            else:
+                unreachable_rounds = 0
+            if won is not None:
+                return won
+            # Wait for a release notice; poll with jitter in case one is missed.
+            with trio.move_on_after(factory.poll_interval * random.uniform(0.5, 1.5)):
+                await released.wait()
+
+    async def _try_acquire(self) -> tuple[int, float] | None:
+        factory = self._factory
+        value = f"{self.instance_id}:{secrets.token_hex(20)}"
+        self._value = value
+        round_started = trio.current_time()
+        results = await fan_out(
+            factory.nodes,
+            lambda node: node.run(
+                ACQUIRE,
+                [self.key, self.token_key],
+                [value, factory.ttl_ms, factory.channel, self.resource_id],
+            ),
+        )
+        granted = [int(r) for r in results if not isinstance(r, NodeFailure) and int(r) > 0]
+        deadline = round_started + factory.ttl - factory.margin
+        if len(granted) >= factory.quorum and trio.current_time() < deadline:
+            token = max(granted)
+            if await self._fence(token):
+                return token, deadline
+        # Not held: undo the partial acquisition everywhere, then report why.
+        await self._release()
+        if len(failures(results)) > len(results) - factory.quorum:
+            raise unavailable(f"cannot acquire {self.key!r}", results, factory.quorum)
+        return None
+
+    async def _fence(self, token: int) -> bool:
+        """Make a quorum's counters at least ``token`` (skipped when they are)."""
+        factory = self._factory
+        results = await fan_out(
+            factory.nodes,
+            lambda node: node.run(FENCE, [self.key, self.token_key], [self._value or "", token]),
+        )
+        return sum(1 for r in results if r == 1) >= factory.quorum
+
+    async def _release(self) -> None:
+        value, self._value = self._value, None
+        if value is None:
+            return
+        factory = self._factory
+        results = await fan_out(
+            factory.nodes,
+            lambda node: node.run(RELEASE, [self.key], [value, factory.channel, self.resource_id]),
+        )
+        if len(failures(results)) > len(results) - factory.quorum:
+            raise unavailable(f"cannot release {self.key!r}", results, factory.quorum)
+
+    async def leader(self) -> str | None:
+        self._check_open()
+        factory = self._factory
+
+        async def get(node: RedisNode) -> str | None:
+            return await node.client.get(self.key)
+
+        results = await fan_out(factory.nodes, get)
+        if len(failures(results)) > len(results) - factory.quorum:
+            raise unavailable(f"cannot read {self.key!r}", results, factory.quorum)
+        holders = Counter(r.rpartition(":")[0] for r in results if isinstance(r, str) and ":" in r)
+        for instance_id, count in holders.items():
+            if count >= factory.quorum:
+                return instance_id
+        return None
+
+    @asynccontextmanager
+    async def _leader_changes(self) -> AsyncIterator[AsyncIterator[str | None]]:
+        yield self._follow_leader()
+
+    async def _follow_leader(self) -> AsyncIterator[str | None]:
+        factory = self._factory
+        while True:
+            changed = factory._signals(self.resource_id).changed
+            try:
+                yield await self.leader()
+            except MechanismUnavailableError:
+                pass  # keep following; the next poll re-syncs
+            with trio.move_on_after(factory.poll_interval):
+                await changed.wait()
+
+
+class RedisFactory(BaseFactory[RedisElection]):
+    """One instance running Redlock over ``nodes``."""
+
+    def __init__(
+        self,
+        nodes: Sequence[RedisNode],
+        *,
+        prefix: str,
+        key_template: str,
+        instance_id: str,
+        ttl: float,
+        close_timeout: float,
+    ) -> None:
+        super().__init__(instance_id=instance_id, ttl=ttl, close_timeout=close_timeout)
+        self.nodes = list(nodes)
+        self.quorum = len(self.nodes) // 2 + 1
+        self.prefix = prefix
+        self.key_template = key_template
+        self.channel = f"{prefix}:election2"
+        self.ttl_ms = math.ceil(ttl * 1000)
+        #: Fallback retry period of waiting candidates and observers.
+        self.poll_interval = ttl / 10
+        #: Consecutive acquire rounds without a quorum of answers before a
+        #: campaign gives up with MechanismUnavailableError.
+        self.unreachable_rounds = 3
+        self._resource_signals: dict[str, _Signals] = {}
+
+    def _create_election(self, resource_id: str) -> RedisElection:
+        return RedisElection(self, resource_id)
+
+    def _signals(self, resource_id: str) -> _Signals:
+        signals = self._resource_signals.get(resource_id)
+        if signals is None:
+            signals = self._resource_signals[resource_id] = _Signals()
+        return signals
+
+    async def _open(self) -> None:
+        async def ping(node: RedisNode) -> object:
+            return await node.client.ping()
+
+        # Connecting (and the handshake) takes longer than a call on a warm
+        # connection; allow it a second, as the failure is reported at once anyway.
+        results = await fan_out(self.nodes, ping, timeout=max(1.0, self.nodes[0].timeout))
+        if len(failures(results)) > len(results) - self.quorum:
+            raise unavailable("cannot open", results, self.quorum)
+        for node in self.nodes:
+            self.nursery.start_soon(self._listen, node)
+
+    async def _listen(self, node: RedisNode) -> None:
+        """Follow the prefix's channel on one node; reconnect after failures."""
+        while True:
+            try:
+                async with node.client.pubsub(channels=[self.channel]) as pubsub:
+                    async for message in pubsub:
+                        if message["type"] != "message":
+                            continue
+                        kind, _, resource_id = str(message["data"]).partition(":")
+                        signals = self._resource_signals.get(resource_id)
+                        if signals is not None:
+                            signals.fire(kind)
+            except (coredis.exceptions.RedisError, OSError):
+                pass
+            await trio.sleep(self.retry_interval)
+
+    async def _renew(self, held: list[RedisElection]) -> Renewal[RedisElection]:
+        holding = [e for e in held if e._value is not None]
+        if not holding:
+            return Renewal(refused=frozenset(held))
+        keys = [e.key for e in holding]
+        args: list[str | int] = [self.ttl_ms, *(e._value or "" for e in holding)]
+        results = await fan_out(self.nodes, lambda node: node.run(EXTEND, keys, args))
+        answered = [r for r in results if not isinstance(r, NodeFailure)]
+        if not answered:
+            raise unavailable("cannot extend", results, self.quorum)
+        refused, unconfirmed = set(), set()
+        for index, election in enumerate(holding):
+            extended = sum(1 for r in answered if int(r[index]) == 1)
+            if extended >= self.quorum:
+                continue
+            if len(answered) - extended >= self.quorum:
+                refused.add(election)  # a majority says the lock is not ours
+            else:
+                unconfirmed.add(election)
+        refused.update(e for e in held if e._value is None)
+        return Renewal(refused=frozenset(refused), unconfirmed=frozenset(unconfirmed))

@@ -1,0 +1,148 @@
+"""The Redlock layer: N independent Redis masters, scripts, concurrent fan-out.
+
+The key/value protocol is the standard Redlock one — ``SET key value NX PX
+ttl`` with a random value, compare-and-pexpire to extend, compare-and-delete
+to release — so other Redlock clients on the same keys exclude us and we them.
+Each call goes to every node at once, each bounded by a small per-node
+timeout; the caller counts answers against the quorum.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import coredis
+import trio
+from coredis.retry import NoRetryPolicy
+
+from ...errors import MechanismUnavailableError
+
+__all__ = ["ACQUIRE", "EXTEND", "FENCE", "RELEASE", "NodeFailure", "RedisNode", "fan_out"]
+
+T = TypeVar("T")
+
+#: SET NX PX; on success bump the resource's fencing counter and return it.
+ACQUIRE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local token = redis.call('incr', KEYS[2])
+  redis.call('publish', ARGV[3], 'acquired:' .. ARGV[4])
+  return token
+end
+return -1
+"""
+
+#: Raise the fencing counter to the term's token while we hold the lock.
+FENCE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  if tonumber(redis.call('get', KEYS[2]) or '0') < tonumber(ARGV[2]) then
+    redis.call('set', KEYS[2], ARGV[2])
+  end
+  return 1
+end
+return 0
+"""
+
+#: Batched compare-and-pexpire: one call per node per tick for every key held.
+EXTEND = """
+local extended = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[i + 1] then
+    redis.call('pexpire', key, ARGV[1])
+    extended[i] = 1
+  else
+    extended[i] = 0
+  end
+end
+return extended
+"""
+
+#: Compare-and-delete, then wake the candidates waiting for this resource.
+RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  redis.call('publish', ARGV[2], 'released:' .. ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    """A node that did not answer (in time)."""
+
+    node: str
+    reason: str
+
+
+class RedisNode:
+    """One independent Redis master."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.name = f"{host}:{port}"
+        self.timeout = timeout
+        self.client: coredis.Redis[str] = coredis.Redis(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            ssl_context=tls,
+            connect_timeout=timeout,
+            stream_timeout=None,
+            retry_policy=NoRetryPolicy(),
+            decode_responses=True,
+        )
+
+    async def run(self, script: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        return await self.client.eval(script, list(keys), list(args))
+
+
+async def fan_out(
+    nodes: Sequence[RedisNode],
+    call: Callable[[RedisNode], Awaitable[T]],
+    *,
+    timeout: float | None = None,
+) -> list[T | NodeFailure]:
+    """Run ``call`` on every node concurrently, each bounded by its timeout
+    (or ``timeout``, for the first connection)."""
+    results: list[T | NodeFailure] = [NodeFailure(n.name, "not run") for n in nodes]
+
+    async def one(index: int, node: RedisNode) -> None:
+        limit = node.timeout if timeout is None else timeout
+        with trio.move_on_after(limit) as bounded:
+            try:
+                results[index] = await call(node)
+            except (coredis.exceptions.RedisError, OSError) as exc:
+                results[index] = NodeFailure(node.name, f"{type(exc).__name__}: {exc}")
+        if bounded.cancelled_caught:
+            results[index] = NodeFailure(node.name, f"no answer within {limit:g} s")
+
+    async with trio.open_nursery() as nursery:
+        for index, node in enumerate(nodes):
+            nursery.start_soon(one, index, node)
+    return results
+
+
+def failures(results: Sequence[object]) -> list[NodeFailure]:
+    return [r for r in results if isinstance(r, NodeFailure)]
+
+
+def unavailable(what: str, results: Sequence[object], quorum: int) -> MechanismUnavailableError:
+    failed = failures(results)
+    named = ", ".join(f"{f.node} ({f.reason})" for f in failed)
+    return MechanismUnavailableError(
+        f"redis: {what}: {len(results) - len(failed)} of {len(results)} nodes answered, "
+        f"a quorum is {quorum}; unreachable: {named}"
+    )

@@ -1,0 +1,100 @@
+"""Fixtures: real redis-server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ServerProcess, free_port, require_binary, wait_until
+
+
+class RedisNodeProcess(ServerProcess):
+    def __init__(self, data_dir: Path, port: int) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        super().__init__(
+            [
+                require_binary("redis-server"),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data_dir),
+            ],  # fmt: skip
+            name=f"redis-{port}",
+            log_path=data_dir / "redis.log",
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        super().start()
+        try:
+            wait_until(self.answers, timeout=10, what=self.name)
+        except TimeoutError:
+            raise TimeoutError(f"redis did not start:\n{self.log_tail()}") from None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+def start_nodes(tmp_path: Path, count: int) -> list[RedisNodeProcess]:
+    nodes = [RedisNodeProcess(tmp_path / f"n{i}", free_port()) for i in range(count)]
+    for node in nodes:
+        node.start()
+    return nodes
+
+
+def url_of(nodes: list[RedisNodeProcess], prefix: str, ttl: float, query: str = "") -> str:
+    hosts = ",".join(node.endpoint for node in nodes)
+    return f"redis://{hosts}/{prefix}?ttl={ttl:g}{'&' + query if query else ''}"
+
+
+@pytest.fixture(scope="session")
+def redis3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisNodeProcess]]:
+    """Three independent masters shared by tests that do not break them."""
+    nodes = start_nodes(tmp_path_factory.mktemp("redis3"), 3)
+    yield nodes
+    for node in nodes:
+        node.kill()
+
+
+@pytest.fixture
+def own_redis3(tmp_path: Path) -> Iterator[list[RedisNodeProcess]]:
+    nodes = start_nodes(tmp_path, 3)
+    yield nodes
+    for node in nodes:
+        node.kill()
+
+
+@pytest.fixture
+def own_redis5(tmp_path: Path) -> Iterator[list[RedisNodeProcess]]:
+    nodes = start_nodes(tmp_path, 5)
+    yield nodes
+    for node in nodes:
+        node.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
