@@ -29,7 +29,7 @@ class RedisNodeProcess(ServerProcess):
                 "no",
                 "--dir",
                 str(data_dir),
-            ],  # fmt: skip
+            ],
             name=f"redis-{port}",
             log_path=data_dir / "redis.log",
         )

@@ -159,9 +159,11 @@ class RedisElection(BaseElection["RedisFactory"]):
         while True:
             changed = factory._signals(self.resource_id).changed
             try:
-                yield await self.leader()
+                current = await self.leader()
             except MechanismUnavailableError:
-                pass  # keep following; the next poll re-syncs
+                pass  # no quorum right now: keep following, the next poll re-syncs
+            else:
+                yield current
             with trio.move_on_after(factory.poll_interval):
                 await changed.wait()
 
@@ -208,7 +210,7 @@ class RedisFactory(BaseFactory[RedisElection]):
 
         # Connecting (and the handshake) takes longer than a call on a warm
         # connection; allow it a second, as the failure is reported at once anyway.
-        results = await fan_out(self.nodes, ping, timeout=max(1.0, self.nodes[0].timeout))
+        results = await fan_out(self.nodes, ping, limit=max(1.0, self.nodes[0].timeout))
         if len(failures(results)) > len(results) - self.quorum:
             raise unavailable("cannot open", results, self.quorum)
         for node in self.nodes:

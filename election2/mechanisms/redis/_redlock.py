@@ -113,21 +113,21 @@ async def fan_out(
     nodes: Sequence[RedisNode],
     call: Callable[[RedisNode], Awaitable[T]],
     *,
-    timeout: float | None = None,
+    limit: float | None = None,
 ) -> list[T | NodeFailure]:
-    """Run ``call`` on every node concurrently, each bounded by its timeout
-    (or ``timeout``, for the first connection)."""
+    """Run ``call`` on every node concurrently, each bounded by the node's
+    timeout (or ``limit`` seconds, for a first connection)."""
     results: list[T | NodeFailure] = [NodeFailure(n.name, "not run") for n in nodes]
 
     async def one(index: int, node: RedisNode) -> None:
-        limit = node.timeout if timeout is None else timeout
-        with trio.move_on_after(limit) as bounded:
+        bound = node.timeout if limit is None else limit
+        with trio.move_on_after(bound) as bounded:
             try:
                 results[index] = await call(node)
             except (coredis.exceptions.RedisError, OSError) as exc:
                 results[index] = NodeFailure(node.name, f"{type(exc).__name__}: {exc}")
         if bounded.cancelled_caught:
-            results[index] = NodeFailure(node.name, f"no answer within {limit:g} s")
+            results[index] = NodeFailure(node.name, f"no answer within {bound:g} s")
 
     async with trio.open_nursery() as nursery:
         for index, node in enumerate(nodes):
