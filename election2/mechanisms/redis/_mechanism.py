@@ -17,13 +17,14 @@ import math
 import random
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 from contextlib import asynccontextmanager
 
 import coredis
 import trio
 
-from ..._election import BaseElection, BaseFactory, Renewal
+from ..._election import BaseElection, BaseFactory, Renewal, single_exception
 from ...errors import MechanismUnavailableError
 from ._redlock import (
     ACQUIRE,
@@ -38,6 +39,10 @@ from ._redlock import (
 )
 
 __all__ = ["RedisElection", "RedisFactory"]
+
+
+def _pending(result: object) -> bool:
+    return isinstance(result, NodeFailure) and result.reason == "no answer yet"
 
 
 class _Signals:
@@ -100,6 +105,8 @@ class RedisElection(BaseElection["RedisFactory"]):
                 [self.key, self.token_key],
                 [value, factory.ttl_ms, factory.channel, self.resource_id],
             ),
+            nursery=factory.nursery,
+            enough=factory.decided(lambda r: int(r) > 0),
         )
         granted = [int(r) for r in results if not isinstance(r, NodeFailure) and int(r) > 0]
         deadline = round_started + factory.ttl - factory.margin
@@ -119,6 +126,8 @@ class RedisElection(BaseElection["RedisFactory"]):
         results = await fan_out(
             factory.nodes,
             lambda node: node.run(FENCE, [self.key, self.token_key], [self._value or "", token]),
+            nursery=factory.nursery,
+            enough=factory.decided(lambda r: r == 1),
         )
         return sum(1 for r in results if r == 1) >= factory.quorum
 
@@ -130,6 +139,8 @@ class RedisElection(BaseElection["RedisFactory"]):
         results = await fan_out(
             factory.nodes,
             lambda node: node.run(RELEASE, [self.key], [value, factory.channel, self.resource_id]),
+            nursery=factory.nursery,
+            enough=factory.decided(lambda r: True),
         )
         if len(failures(results)) > len(results) - factory.quorum:
             raise unavailable(f"cannot release {self.key!r}", results, factory.quorum)
@@ -141,7 +152,7 @@ class RedisElection(BaseElection["RedisFactory"]):
         async def get(node: RedisNode) -> str | None:
             return await node.client.get(self.key)
 
-        results = await fan_out(factory.nodes, get)
+        results = await fan_out(factory.nodes, get, nursery=factory.nursery)
         if len(failures(results)) > len(results) - factory.quorum:
             raise unavailable(f"cannot read {self.key!r}", results, factory.quorum)
         holders = Counter(r.rpartition(":")[0] for r in results if isinstance(r, str) and ":" in r)
@@ -195,6 +206,18 @@ class RedisFactory(BaseFactory[RedisElection]):
         self.unreachable_rounds = 3
         self._resource_signals: dict[str, _Signals] = {}
 
+    def decided(self, success: Callable[[Any], bool]) -> Callable[[Sequence[object]], bool]:
+        """A fan-out is decided once a quorum succeeded or can no longer."""
+
+        def enough(results: Sequence[object]) -> bool:
+            answered = [r for r in results if not _pending(r)]
+            succeeded = sum(1 for r in answered if not isinstance(r, NodeFailure) and success(r))
+            return (
+                succeeded >= self.quorum or len(answered) - succeeded > len(results) - self.quorum
+            )
+
+        return enough
+
     def _create_election(self, resource_id: str) -> RedisElection:
         return RedisElection(self, resource_id)
 
@@ -210,7 +233,9 @@ class RedisFactory(BaseFactory[RedisElection]):
 
         # Connecting (and the handshake) takes longer than a call on a warm
         # connection; allow it a second, as the failure is reported at once anyway.
-        results = await fan_out(self.nodes, ping, limit=max(1.0, self.nodes[0].timeout))
+        results = await fan_out(
+            self.nodes, ping, nursery=self.nursery, limit=max(1.0, self.nodes[0].timeout)
+        )
         if len(failures(results)) > len(results) - self.quorum:
             raise unavailable("cannot open", results, self.quorum)
         for node in self.nodes:
@@ -220,17 +245,21 @@ class RedisFactory(BaseFactory[RedisElection]):
         """Follow the prefix's channel on one node; reconnect after failures."""
         while True:
             try:
-                async with node.client.pubsub(channels=[self.channel]) as pubsub:
-                    async for message in pubsub:
-                        if message["type"] != "message":
-                            continue
-                        kind, _, resource_id = str(message["data"]).partition(":")
-                        signals = self._resource_signals.get(resource_id)
-                        if signals is not None:
-                            signals.fire(kind)
+                with single_exception():  # coredis raises from its task group
+                    await self._follow_channel(node)
             except (coredis.exceptions.RedisError, OSError):
                 pass
             await trio.sleep(self.retry_interval)
+
+    async def _follow_channel(self, node: RedisNode) -> None:
+        async with node.client.pubsub(channels=[self.channel]) as pubsub:
+            async for message in pubsub:
+                if message["type"] != "message":
+                    continue
+                kind, _, resource_id = str(message["data"]).partition(":")
+                signals = self._resource_signals.get(resource_id)
+                if signals is not None:
+                    signals.fire(kind)
 
     async def _renew(self, held: list[RedisElection]) -> Renewal[RedisElection]:
         holding = [e for e in held if e._value is not None]
@@ -238,7 +267,9 @@ class RedisFactory(BaseFactory[RedisElection]):
             return Renewal(refused=frozenset(held))
         keys = [e.key for e in holding]
         args: list[str | int] = [self.ttl_ms, *(e._value or "" for e in holding)]
-        results = await fan_out(self.nodes, lambda node: node.run(EXTEND, keys, args))
+        results = await fan_out(
+            self.nodes, lambda node: node.run(EXTEND, keys, args), nursery=self.nursery
+        )
         answered = [r for r in results if not isinstance(r, NodeFailure)]
         if not answered:
             raise unavailable("cannot extend", results, self.quorum)

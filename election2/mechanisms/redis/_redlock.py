@@ -113,13 +113,24 @@ async def fan_out(
     nodes: Sequence[RedisNode],
     call: Callable[[RedisNode], Awaitable[T]],
     *,
+    nursery: trio.Nursery,
+    enough: Callable[[Sequence[T | NodeFailure]], bool] | None = None,
     limit: float | None = None,
 ) -> list[T | NodeFailure]:
     """Run ``call`` on every node concurrently, each bounded by the node's
-    timeout (or ``limit`` seconds, for a first connection)."""
-    results: list[T | NodeFailure] = [NodeFailure(n.name, "not run") for n in nodes]
+    timeout (or ``limit`` seconds, for a first connection).
+
+    Returns when every node answered or failed, or as soon as ``enough`` says
+    the outcome is decided: a quorum need not wait for a stalled node. The
+    stragglers run on in ``nursery`` (the factory's) until their own timeout,
+    so a late request is never cut off half-sent.
+    """
+    results: list[T | NodeFailure] = [NodeFailure(n.name, "no answer yet") for n in nodes]
+    remaining = len(nodes)
+    decided = trio.Event()
 
     async def one(index: int, node: RedisNode) -> None:
+        nonlocal remaining
         bound = node.timeout if limit is None else limit
         with trio.move_on_after(bound) as bounded:
             try:
@@ -128,11 +139,14 @@ async def fan_out(
                 results[index] = NodeFailure(node.name, f"{type(exc).__name__}: {exc}")
         if bounded.cancelled_caught:
             results[index] = NodeFailure(node.name, f"no answer within {bound:g} s")
+        remaining -= 1
+        if remaining == 0 or (enough is not None and enough(results)):
+            decided.set()
 
-    async with trio.open_nursery() as nursery:
-        for index, node in enumerate(nodes):
-            nursery.start_soon(one, index, node)
-    return results
+    for index, node in enumerate(nodes):
+        nursery.start_soon(one, index, node)
+    await decided.wait()
+    return list(results)
 
 
 def failures(results: Sequence[object]) -> list[NodeFailure]:
