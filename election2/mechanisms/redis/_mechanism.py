@@ -18,8 +18,8 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
 from contextlib import asynccontextmanager
+from typing import Any
 
 import coredis
 import trio
