@@ -112,7 +112,9 @@ class RedisElection(BaseElection["RedisFactory"]):
         deadline = round_started + factory.ttl - factory.margin
         if len(granted) >= factory.quorum and trio.current_time() < deadline:
             token = max(granted)
-            if await self._fence(token):
+            # Every granting node already counts `token` (the usual case), or
+            # a second round raises a quorum's counters to it.
+            if min(granted) == token or await self._fence(token):
                 return token, deadline
         # Not held: undo the partial acquisition everywhere, then report why.
         await self._release()

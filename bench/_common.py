@@ -1,0 +1,76 @@
+"""Helpers shared by the benchmark scripts: timing, tables, idle cost."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.servers: the same server fixtures as the tests
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    sys.stdout.flush()
+
+
+def latency_row(
+    name: str, samples: Sequence[float], reference: Sequence[float] | None
+) -> list[str]:
+    p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+    ratio = f"{p50 / percentile(reference, 0.5):.2f}x" if reference else "1.00x (reference)"
+    return [name, str(len(samples)), ms(p50), ms(p99), ms(statistics.fmean(samples)), ratio]
+
+
+LATENCY_HEADER = ["what", "n", "p50", "p99", "mean", "p50 vs reference"]
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def idle_cost(seconds: float, count_calls: Callable[[], int]) -> tuple[float, float]:
+    """CPU share of one core and backend calls per second while idle."""
+    cpu_before, calls_before, started = cpu_seconds(), count_calls(), time.monotonic()
+    await trio.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return (cpu_seconds() - cpu_before) / elapsed, (count_calls() - calls_before) / elapsed
+
+
+async def memory_per_item(count: int, make: Callable[[int], Awaitable[object]]) -> float:
+    """Bytes allocated per item by ``make``, measured with tracemalloc."""
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    keep = [await make(i) for i in range(count)]
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    del keep
+    return grown / count
+
+
+def scale() -> int:
+    """Resources for the many-resources runs (ELECTION2_BENCH_RESOURCES)."""
+    return int(os.environ.get("ELECTION2_BENCH_RESOURCES", "10000"))

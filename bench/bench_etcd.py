@@ -1,0 +1,207 @@
+"""etcd benchmarks: handover vs etcdctl, failover after SIGKILL, 10k resources.
+
+Starts its own etcd on free loopback ports. Run: ``python bench/bench_etcd.py``
+(``ELECTION2_BENCH_RESOURCES=1000`` for a quicker run).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import _common  # noqa: I001  (sets sys.path for tests.*)
+import trio
+
+import election2
+from election2.mechanisms.etcd import EtcdFactory
+from tests.etcd.conftest import EtcdMember, _start_cluster
+from tests.servers import require_binary
+
+TTL = 2.0
+ROUNDS = 30
+
+
+async def our_handover(endpoint: str, rounds: int) -> list[float]:
+    url = f"etcd://{endpoint}/bench-{uuid.uuid4().hex[:8]}?ttl={TTL:g}"
+    samples = []
+    async with election2.open_factory(url, instance_id="a") as fa:
+        async with election2.open_factory(url, instance_id="b") as fb:
+            elections = [await fa.new_election("job"), await fb.new_election("job")]
+            await elections[0].await_mastership()
+            for round_number in range(rounds):
+                holder, waiter = elections[round_number % 2], elections[(round_number + 1) % 2]
+                won = trio.Event()
+
+                async def campaign(
+                    waiter: election2.Election = waiter, won: trio.Event = won
+                ) -> None:
+                    await waiter.await_mastership()
+                    won.set()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(campaign)
+                    await trio.sleep(0.05)  # the waiter is queued
+                    started = time.perf_counter()
+                    await holder.resign()
+                    await won.wait()
+                    samples.append(time.perf_counter() - started)
+    return samples
+
+
+def etcdctl_handover(endpoint: str, rounds: int) -> list[float]:
+    """Two ``etcdctl elect`` processes (Go client); the holder is interrupted."""
+    etcdctl = require_binary("etcdctl")
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    name = f"bench-ctl-{uuid.uuid4().hex[:8]}"
+
+    def elect(proposal: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [etcdctl, f"--endpoints={endpoint}", "elect", name, proposal],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    samples = []
+    holder = elect("p0")
+    assert holder.stdout is not None
+    holder.stdout.readline()
+    for round_number in range(rounds):
+        waiter = elect(f"p{round_number + 1}")
+        time.sleep(0.3)  # the waiter is queued (process start-up excluded)
+        assert waiter.stdout is not None
+        started = time.perf_counter()
+        holder.send_signal(signal.SIGINT)  # etcdctl resigns on interrupt
+        waiter.stdout.readline()
+        samples.append(time.perf_counter() - started)
+        holder.wait(5)
+        holder = waiter
+    holder.kill()
+    return samples
+
+
+async def failover_after_sigkill(endpoint: str, rounds: int) -> list[float]:
+    script = (
+        "import sys, trio, election2\n"
+        "async def main():\n"
+        "    async with election2.open_factory(sys.argv[1], instance_id='victim') as f:\n"
+        "        e = await f.new_election('job')\n"
+        "        await e.await_mastership()\n"
+        "        print('MASTER', flush=True)\n"
+        "        await trio.sleep_forever()\n"
+        "trio.run(main)\n"
+    )
+    samples = []
+    for _ in range(rounds):
+        url = f"etcd://{endpoint}/bench-{uuid.uuid4().hex[:8]}?ttl={TTL:g}"
+        victim = subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE)
+        assert victim.stdout is not None
+        await trio.to_thread.run_sync(victim.stdout.readline)
+        async with election2.open_factory(url, instance_id="survivor") as factory:
+            election = await factory.new_election("job")
+            killed = time.perf_counter()
+            victim.kill()
+            await election.await_mastership()
+            samples.append(time.perf_counter() - killed)
+        victim.wait(5)
+    return samples
+
+
+async def many_resources(endpoint: str, count: int) -> list[list[str]]:
+    rows = []
+    for n in sorted({100, count}):
+        url = f"etcd://{endpoint}/bench-{uuid.uuid4().hex[:8]}?ttl=10"
+        async with election2.open_factory(url, instance_id="owner") as factory:
+            assert isinstance(factory, EtcdFactory)
+            calls = 0
+            original = factory.client.call
+
+            async def counted(path: str, body: dict[str, object]) -> dict[str, object]:
+                nonlocal calls
+                calls += 1
+                return await original(path, body)
+
+            factory.client.call = counted  # type: ignore[method-assign]
+            per_election = await _common.memory_per_item(n, lambda i: factory.new_election(f"r{i}"))
+            started = time.perf_counter()
+            limit = trio.CapacityLimiter(64)
+
+            async def acquire(election: election2.Election) -> None:
+                async with limit:
+                    await election.await_mastership()
+
+            async with trio.open_nursery() as nursery:
+                for election in factory.elections:
+                    nursery.start_soon(acquire, election)
+            acquired = time.perf_counter() - started
+            assert all(e.is_master for e in factory.elections)
+            cpu, per_second = await _common.idle_cost(10, lambda: calls)
+            rows.append(
+                [
+                    str(n),
+                    f"{acquired:.2f} s",
+                    f"{per_election / 1024:.1f} KiB",
+                    f"{cpu * 100:.2f} %",
+                    f"{per_second:.2f}",
+                ]
+            )
+    return rows
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        (member,) = _start_cluster(Path(tmp), 1)
+        try:
+            await run(member)
+        finally:
+            member.kill()
+
+
+async def run(member: EtcdMember) -> None:
+    endpoint = member.endpoint
+    print(f"# etcd benchmarks (etcd on loopback, ttl {TTL:g} s, {os.cpu_count()} cores)")
+    reference = await trio.to_thread.run_sync(etcdctl_handover, endpoint, ROUNDS // 2)
+    ours = await our_handover(endpoint, ROUNDS)
+    _common.table(
+        "Handover after resign()",
+        _common.LATENCY_HEADER,
+        [
+            _common.latency_row("etcdctl elect -> etcdctl elect (Go)", reference, None),
+            _common.latency_row("election2 -> election2", ours, reference),
+        ],
+    )
+    failovers = await failover_after_sigkill(endpoint, 3)
+    _common.table(
+        "Failover after SIGKILL of the master",
+        ["ttl", "runs", "median", "max", "median / ttl", "max - ttl"],
+        [
+            [
+                f"{TTL:g} s",
+                str(len(failovers)),
+                f"{_common.percentile(failovers, 0.5):.3f} s",
+                f"{max(failovers):.3f} s",
+                f"{_common.percentile(failovers, 0.5) / TTL:.2f}",
+                f"{max(failovers) - TTL:+.3f} s",
+            ]
+        ],
+    )
+    _common.table(
+        "One factory, many resources (ttl 10 s; idle measured over 10 s)",
+        [
+            "resources",
+            "acquire all",
+            "memory / election",
+            "idle CPU (one core)",
+            "etcd calls/s idle",
+        ],
+        await many_resources(endpoint, _common.scale()),
+    )
+
+
+if __name__ == "__main__":
+    trio.run(main)
