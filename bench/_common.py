@@ -9,7 +9,9 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -74,3 +76,46 @@ async def memory_per_item(count: int, make: Callable[[int], Awaitable[object]]) 
 def scale() -> int:
     """Resources for the many-resources runs (ELECTION2_BENCH_RESOURCES)."""
     return int(os.environ.get("ELECTION2_BENCH_RESOURCES", "10000"))
+
+
+class CallCounter:
+    """Counts the calls of the async functions it wraps."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def wrap(self, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await function(*args, **kwargs)
+
+        return counted
+
+
+@dataclass
+class ManyResources:
+    resources: int
+    acquire_all: float
+    bytes_per_election: float
+    idle_cpu: float
+    calls_per_second: float
+
+
+async def many_resources(factory: Any, count: int, calls: CallCounter) -> ManyResources:
+    """Create ``count`` elections on one factory, win them all (64 campaigns at
+    a time), then sit idle for 10 s measuring CPU and backend calls."""
+    per_election = await memory_per_item(count, lambda i: factory.new_election(f"r{i}"))
+    limit = trio.CapacityLimiter(64)
+
+    async def acquire(election: Any) -> None:
+        async with limit:
+            await election.await_mastership()
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for election in factory.elections:
+            nursery.start_soon(acquire, election)
+    acquired = time.perf_counter() - started
+    assert all(e.is_master for e in factory.elections)
+    cpu, per_second = await idle_cost(10, lambda: calls.count)
+    return ManyResources(count, acquired, per_election, cpu, per_second)

@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-import _common  # noqa: I001  (sets sys.path for tests.*)
+import _common
 import trio
 
 import election2
@@ -99,7 +99,11 @@ async def failover_after_sigkill(endpoint: str, rounds: int) -> list[float]:
     samples = []
     for _ in range(rounds):
         url = f"etcd://{endpoint}/bench-{uuid.uuid4().hex[:8]}?ttl={TTL:g}"
-        victim = subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE)
+        victim = await trio.to_thread.run_sync(
+            lambda url=url: subprocess.Popen(
+                [sys.executable, "-c", script, url], stdout=subprocess.PIPE
+            )
+        )
         assert victim.stdout is not None
         await trio.to_thread.run_sync(victim.stdout.readline)
         async with election2.open_factory(url, instance_id="survivor") as factory:
@@ -118,36 +122,16 @@ async def many_resources(endpoint: str, count: int) -> list[list[str]]:
         url = f"etcd://{endpoint}/bench-{uuid.uuid4().hex[:8]}?ttl=10"
         async with election2.open_factory(url, instance_id="owner") as factory:
             assert isinstance(factory, EtcdFactory)
-            calls = 0
-            original = factory.client.call
-
-            async def counted(path: str, body: dict[str, object]) -> dict[str, object]:
-                nonlocal calls
-                calls += 1
-                return await original(path, body)
-
-            factory.client.call = counted  # type: ignore[method-assign]
-            per_election = await _common.memory_per_item(n, lambda i: factory.new_election(f"r{i}"))
-            started = time.perf_counter()
-            limit = trio.CapacityLimiter(64)
-
-            async def acquire(election: election2.Election) -> None:
-                async with limit:
-                    await election.await_mastership()
-
-            async with trio.open_nursery() as nursery:
-                for election in factory.elections:
-                    nursery.start_soon(acquire, election)
-            acquired = time.perf_counter() - started
-            assert all(e.is_master for e in factory.elections)
-            cpu, per_second = await _common.idle_cost(10, lambda: calls)
+            calls = _common.CallCounter()
+            factory.client.call = calls.wrap(factory.client.call)  # type: ignore[method-assign]
+            result = await _common.many_resources(factory, n, calls)
             rows.append(
                 [
                     str(n),
-                    f"{acquired:.2f} s",
-                    f"{per_election / 1024:.1f} KiB",
-                    f"{cpu * 100:.2f} %",
-                    f"{per_second:.2f}",
+                    f"{result.acquire_all:.2f} s",
+                    f"{result.bytes_per_election / 1024:.1f} KiB",
+                    f"{result.idle_cpu * 100:.2f} %",
+                    f"{result.calls_per_second:.2f}",
                 ]
             )
     return rows

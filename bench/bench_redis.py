@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-import _common  # noqa: I001  (sets sys.path for tests.*)
+import _common
 import coredis
 import trio
 
@@ -131,38 +131,17 @@ async def many_resources(nodes: list[RedisNodeProcess], count: int) -> list[list
     for n in sorted({100, count}):
         async with election2.open_factory(url_of(nodes, ttl=10), instance_id="owner") as factory:
             assert isinstance(factory, RedisFactory)
-            calls = 0
+            calls = _common.CallCounter()
             for node in factory.nodes:
-                original = node.run
-
-                async def counted(*args: object, original: object = original) -> object:
-                    nonlocal calls
-                    calls += 1
-                    return await original(*args)  # type: ignore[operator]
-
-                node.run = counted  # type: ignore[method-assign]
-            per_election = await _common.memory_per_item(n, lambda i: factory.new_election(f"r{i}"))
-            limit = trio.CapacityLimiter(64)
-            started = time.perf_counter()
-
-            async def acquire(election: election2.Election) -> None:
-                async with limit:
-                    await election.await_mastership()
-
-            async with trio.open_nursery() as nursery:
-                for election in factory.elections:
-                    nursery.start_soon(acquire, election)
-            acquired = time.perf_counter() - started
-            assert all(e.is_master for e in factory.elections)
-            cpu, per_second = await _common.idle_cost(10, lambda: calls)
-            ticks_per_second = 1 / factory.renew_interval
+                node.run = calls.wrap(node.run)  # type: ignore[method-assign]
+            result = await _common.many_resources(factory, n, calls)
             rows.append(
                 [
                     str(n),
-                    f"{acquired:.2f} s",
-                    f"{per_second / ticks_per_second:.1f}",
-                    f"{per_election / 1024:.1f} KiB",
-                    f"{cpu * 100:.2f} %",
+                    f"{result.acquire_all:.2f} s",
+                    f"{result.calls_per_second * factory.renew_interval:.1f}",
+                    f"{result.bytes_per_election / 1024:.1f} KiB",
+                    f"{result.idle_cpu * 100:.2f} %",
                 ]
             )
     return rows

@@ -54,6 +54,11 @@ def prefix_end(prefix: str) -> str:
     return b64(bytes(raw))
 
 
+def range_request(prefix: str, **options: Any) -> Json:
+    """A range request body for every key under ``prefix``."""
+    return {"key": b64(prefix), "range_end": prefix_end(prefix), **options}
+
+
 @dataclass(frozen=True)
 class KeyValue:
     key: str
@@ -169,8 +174,7 @@ class EtcdClient:
 
     async def range_prefix(self, prefix: str, **options: Any) -> tuple[list[KeyValue], int]:
         """Keys under ``prefix`` and the store revision of the answer."""
-        body = {"key": b64(prefix), "range_end": prefix_end(prefix), **options}
-        answer = await self.call("/v3/kv/range", body)
+        answer = await self.call("/v3/kv/range", range_request(prefix, **options))
         kvs = [KeyValue.from_json(kv) for kv in answer.get("kvs", [])]
         return kvs, int(answer["header"]["revision"])
 
@@ -178,6 +182,14 @@ class EtcdClient:
         answer = await self.call("/v3/kv/range", {"key": b64(key)})
         kvs = answer.get("kvs", [])
         return KeyValue.from_json(kvs[0]) if kvs else None
+
+    async def read_many(self, ranges: list[Json]) -> list[list[KeyValue]]:
+        """Several range requests in one round trip (a compare-less txn)."""
+        answer = await self.txn([], [{"request_range": r} for r in ranges], [])
+        return [
+            [KeyValue.from_json(kv) for kv in response["response_range"].get("kvs", [])]
+            for response in answer.get("responses", [])
+        ]
 
     async def txn(self, compare: list[Json], success: list[Json], failure: list[Json]) -> Json:
         return await self.call(

@@ -21,7 +21,7 @@ import trio
 
 from ..._election import BaseElection, BaseFactory, Renewal
 from ...errors import ConfigurationError, MechanismUnavailableError
-from ._client import EtcdClient, EtcdError, KeyValue, b64
+from ._client import EtcdClient, EtcdError, KeyValue, b64, range_request
 
 __all__ = ["EtcdElection", "EtcdFactory"]
 
@@ -69,27 +69,47 @@ class EtcdElection(BaseElection["EtcdFactory"]):
             candidacy = await self._stand()
             # Taken before looking, so a deletion seen after the look still wakes us.
             changed = self._factory._view(self.resource_id).changed
-            # Wait for every earlier candidate to go, like Go's waitDeletes.
-            predecessors, _ = await client.range_prefix(
-                self.election_prefix + "/",
-                max_create_revision=candidacy.create_revision - 1,
-                sort_order="DESCEND",
-                sort_target="CREATE",
-                limit=1,
-                keys_only=True,
+            # One read for both questions: is anyone queued before us (Go's
+            # waitDeletes), and do our key and lease still exist? etcd's
+            # Campaign skips the second; m3 had to patch it in.
+            predecessors, ours = await client.read_many(
+                [
+                    range_request(
+                        self.election_prefix + "/",
+                        max_create_revision=candidacy.create_revision - 1,
+                        sort_order="DESCEND",
+                        sort_target="CREATE",
+                        limit=1,
+                        keys_only=True,
+                    ),
+                    {"key": b64(candidacy.key)},
+                ]
             )
             if predecessors:
                 # The watch wakes us; the timeout covers a watch that is reconnecting.
                 with trio.move_on_after(self._factory.renew_interval):
                     await changed.wait()
+                if self._first_in_view(candidacy):
+                    break
                 continue
-            # etcd's Campaign stops here; m3 had to patch it: make sure our
-            # key (and so our lease) still exists before claiming mastership.
-            ours = await client.get(candidacy.key)
-            if ours is None or ours.create_revision != candidacy.create_revision:
+            if not ours or ours[0].create_revision != candidacy.create_revision:
                 self._candidacy = None
                 continue
-            return candidacy.create_revision, self._factory.lease_deadline
+            break
+        return candidacy.create_revision, self._factory.lease_deadline
+
+    def _first_in_view(self, candidacy: _Candidacy) -> bool:
+        """Whether the watch's mirror shows our key, alive, first in the queue.
+
+        The mirror is the prefix as of the last watch event, so this is the
+        same re-check as a read at that revision, without the round trip: the
+        fast path of a handover.
+        """
+        view = self._factory._view(self.resource_id)
+        if not view.keys:
+            return False
+        first = min(view.keys.values(), key=lambda kv: kv.create_revision)
+        return first.key == candidacy.key and first.create_revision == candidacy.create_revision
 
     async def _stand(self) -> _Candidacy:
         """Put our key on the factory's lease, or find the one we put before."""
