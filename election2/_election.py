@@ -339,6 +339,7 @@ class BaseFactory(ABC, Generic[ElectionT]):
         self._elections: dict[str, ElectionT] = {}
         self._closed = False
         self._nursery: trio.Nursery | None = None
+        self._renewing = trio.CancelScope()
 
     @property
     def instance_id(self) -> str:
@@ -419,6 +420,10 @@ class BaseFactory(ABC, Generic[ElectionT]):
                 election._mastership.extend(deadline)
 
     async def _renew_loop(self) -> None:
+        with self._renewing:
+            await self._renew_forever()
+
+    async def _renew_forever(self) -> None:
         delay = self.renew_interval
         while True:
             await trio.sleep(delay)
@@ -457,6 +462,7 @@ class BaseFactory(ABC, Generic[ElectionT]):
         """
         if self._closed:
             return
+        self._renewing.cancel()  # no renewal may race the release below
         with trio.move_on_after(self.close_timeout) as bounded:
             bounded.shield = True
             for election in list(self._elections.values()):

@@ -59,6 +59,11 @@ def range_request(prefix: str, **options: Any) -> Json:
     return {"key": b64(prefix), "range_end": prefix_end(prefix), **options}
 
 
+def kvs_of(response: Json) -> list[KeyValue]:
+    """The key-values of a ``response_range`` inside a txn answer."""
+    return [KeyValue.from_json(kv) for kv in response.get("response_range", {}).get("kvs", [])]
+
+
 @dataclass(frozen=True)
 class KeyValue:
     key: str
@@ -182,14 +187,6 @@ class EtcdClient:
         answer = await self.call("/v3/kv/range", {"key": b64(key)})
         kvs = answer.get("kvs", [])
         return KeyValue.from_json(kvs[0]) if kvs else None
-
-    async def read_many(self, ranges: list[Json]) -> list[list[KeyValue]]:
-        """Several range requests in one round trip (a compare-less txn)."""
-        answer = await self.txn([], [{"request_range": r} for r in ranges], [])
-        return [
-            [KeyValue.from_json(kv) for kv in response["response_range"].get("kvs", [])]
-            for response in answer.get("responses", [])
-        ]
 
     async def txn(self, compare: list[Json], success: list[Json], failure: list[Json]) -> Json:
         return await self.call(

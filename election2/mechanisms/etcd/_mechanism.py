@@ -21,7 +21,8 @@ import trio
 
 from ..._election import BaseElection, BaseFactory, Renewal
 from ...errors import ConfigurationError, MechanismUnavailableError
-from ._client import EtcdClient, EtcdError, KeyValue, b64, range_request
+from ._batch import TxnBatcher
+from ._client import EtcdClient, EtcdError, KeyValue, b64, kvs_of, range_request
 
 __all__ = ["EtcdElection", "EtcdFactory"]
 
@@ -64,7 +65,6 @@ class EtcdElection(BaseElection["EtcdFactory"]):
         return f"{self._factory.prefix}/{self.resource_id}"
 
     async def _campaign(self) -> tuple[int, float]:
-        client = self._factory.client
         while True:
             candidacy = await self._stand()
             # Taken before looking, so a deletion seen after the look still wakes us.
@@ -72,19 +72,22 @@ class EtcdElection(BaseElection["EtcdFactory"]):
             # One read for both questions: is anyone queued before us (Go's
             # waitDeletes), and do our key and lease still exist? etcd's
             # Campaign skips the second; m3 had to patch it in.
-            predecessors, ours = await client.read_many(
+            responses, _ = await self._factory.batcher.submit(
                 [
-                    range_request(
-                        self.election_prefix + "/",
-                        max_create_revision=candidacy.create_revision - 1,
-                        sort_order="DESCEND",
-                        sort_target="CREATE",
-                        limit=1,
-                        keys_only=True,
-                    ),
-                    {"key": b64(candidacy.key)},
+                    {
+                        "request_range": range_request(
+                            self.election_prefix + "/",
+                            max_create_revision=candidacy.create_revision - 1,
+                            sort_order="DESCEND",
+                            sort_target="CREATE",
+                            limit=1,
+                            keys_only=True,
+                        )
+                    },
+                    {"request_range": {"key": b64(candidacy.key)}},
                 ]
             )
+            predecessors, ours = (kvs_of(response) for response in responses)
             if predecessors:
                 # The watch wakes us; the timeout covers a watch that is reconnecting.
                 with trio.move_on_after(self._factory.renew_interval):
@@ -118,26 +121,16 @@ class EtcdElection(BaseElection["EtcdFactory"]):
         if self._candidacy is not None and self._candidacy.lease_id == lease_id:
             return self._candidacy
         key = f"{self.election_prefix}/{lease_id:x}"
-        answer = await factory.client.txn(
-            compare=[{"key": b64(key), "target": "CREATE", "create_revision": "0"}],
-            success=[
-                {
-                    "request_put": {
-                        "key": b64(key),
-                        "value": b64(self.instance_id),
-                        "lease": str(lease_id),
-                    }
-                }
-            ],
-            failure=[{"request_range": {"key": b64(key)}}],
+        # The key carries our lease's id, so nobody else writes it: a plain put
+        # (batched with other campaigns') is safe; its create revision is the
+        # put's revision, or the earlier one if the key was already there.
+        put = {"key": b64(key), "value": b64(self.instance_id), "lease": str(lease_id)}
+        (response,), revision = await factory.batcher.submit(
+            [{"request_put": {**put, "prev_kv": True}}]
         )
-        if answer.get("succeeded"):
-            revision = int(answer["header"]["revision"])
-        else:
-            kvs = answer["responses"][0]["response_range"].get("kvs", [])
-            if not kvs:
-                raise EtcdError(f"etcd: {key!r} vanished while standing")
-            revision = int(kvs[0]["create_revision"])
+        previous = response.get("response_put", {}).get("prev_kv")
+        if previous is not None:
+            revision = int(previous["create_revision"])
         self._candidacy = _Candidacy(key, revision, lease_id)
         factory._candidacies[key] = self
         return self._candidacy
@@ -235,6 +228,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
     ) -> None:
         super().__init__(instance_id=instance_id, ttl=ttl, close_timeout=close_timeout)
         self.client = client
+        self.batcher = TxnBatcher(client)
         self.prefix = prefix
         self.lease_id: int | None = None
         self._views: dict[str, _ResourceView] = {}
@@ -272,6 +266,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
 
     async def _open(self) -> None:
         await self._grant()
+        self.nursery.start_soon(self.batcher.run)
         await self.nursery.start(self._watch_forever)
 
     async def _renew(self, held: list[EtcdElection]) -> Renewal[EtcdElection]:
@@ -297,8 +292,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         except (MechanismUnavailableError, EtcdError):
             pass  # the lease expires by itself
         finally:
-            self.lease_id = None
-            await self.client.aclose()
+            self.lease_id = None  # the client is closed by open_factory, last
 
     # -- the watch ------------------------------------------------------------
 
