@@ -15,6 +15,8 @@ from typing import Any
 
 import trio
 
+import election2
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.servers: the same server fixtures as the tests
 
@@ -119,3 +121,29 @@ async def many_resources(factory: Any, count: int, calls: CallCounter) -> ManyRe
     assert all(e.is_master for e in factory.elections)
     cpu, per_second = await idle_cost(10, lambda: calls.count)
     return ManyResources(count, acquired, per_election, cpu, per_second)
+
+
+async def handover_samples(url: str, rounds: int) -> list[float]:
+    """Two instances take turns: one resigns while the other waits; each
+    sample runs from the start of ``resign()`` to the waiter's win."""
+    samples = []
+    async with election2.open_factory(url, instance_id="a") as fa:
+        async with election2.open_factory(url, instance_id="b") as fb:
+            elections = [await fa.new_election("job"), await fb.new_election("job")]
+            await elections[0].await_mastership()
+            for round_number in range(rounds):
+                holder, waiter = elections[round_number % 2], elections[(round_number + 1) % 2]
+                won = trio.Event()
+
+                async def campaign(waiter: Any = waiter, won: trio.Event = won) -> None:
+                    await waiter.await_mastership()
+                    won.set()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(campaign)
+                    await trio.sleep(0.05)  # the waiter is queued
+                    started = time.perf_counter()
+                    await holder.resign()
+                    await won.wait()
+                    samples.append(time.perf_counter() - started)
+    return samples

@@ -27,33 +27,6 @@ TTL = 2.0
 ROUNDS = 30
 
 
-async def our_handover(endpoint: str, rounds: int) -> list[float]:
-    url = f"etcd://{endpoint}/bench-{uuid.uuid4().hex[:8]}?ttl={TTL:g}"
-    samples = []
-    async with election2.open_factory(url, instance_id="a") as fa:
-        async with election2.open_factory(url, instance_id="b") as fb:
-            elections = [await fa.new_election("job"), await fb.new_election("job")]
-            await elections[0].await_mastership()
-            for round_number in range(rounds):
-                holder, waiter = elections[round_number % 2], elections[(round_number + 1) % 2]
-                won = trio.Event()
-
-                async def campaign(
-                    waiter: election2.Election = waiter, won: trio.Event = won
-                ) -> None:
-                    await waiter.await_mastership()
-                    won.set()
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(campaign)
-                    await trio.sleep(0.05)  # the waiter is queued
-                    started = time.perf_counter()
-                    await holder.resign()
-                    await won.wait()
-                    samples.append(time.perf_counter() - started)
-    return samples
-
-
 def etcdctl_handover(endpoint: str, rounds: int) -> list[float]:
     """Two ``etcdctl elect`` processes (Go client); the holder is interrupted."""
     etcdctl = require_binary("etcdctl")
@@ -150,7 +123,8 @@ async def run(member: EtcdMember) -> None:
     endpoint = member.endpoint
     print(f"# etcd benchmarks (etcd on loopback, ttl {TTL:g} s, {os.cpu_count()} cores)")
     reference = await trio.to_thread.run_sync(etcdctl_handover, endpoint, ROUNDS // 2)
-    ours = await our_handover(endpoint, ROUNDS)
+    url = f"etcd://{endpoint}/bench-{uuid.uuid4().hex[:8]}?ttl={TTL:g}"
+    ours = await _common.handover_samples(url, ROUNDS)
     _common.table(
         "Handover after resign()",
         _common.LATENCY_HEADER,

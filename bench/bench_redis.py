@@ -59,33 +59,6 @@ async def our_acquire_release(nodes: list[RedisNodeProcess], rounds: int) -> lis
     return samples
 
 
-async def our_handover(nodes: list[RedisNodeProcess], rounds: int) -> list[float]:
-    url = url_of(nodes)
-    samples = []
-    async with election2.open_factory(url, instance_id="a") as fa:
-        async with election2.open_factory(url, instance_id="b") as fb:
-            elections = [await fa.new_election("job"), await fb.new_election("job")]
-            await elections[0].await_mastership()
-            for round_number in range(rounds):
-                holder, waiter = elections[round_number % 2], elections[(round_number + 1) % 2]
-                won = trio.Event()
-
-                async def campaign(
-                    waiter: election2.Election = waiter, won: trio.Event = won
-                ) -> None:
-                    await waiter.await_mastership()
-                    won.set()
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(campaign)
-                    await trio.sleep(0.02)
-                    started = time.perf_counter()
-                    await holder.resign()
-                    await won.wait()
-                    samples.append(time.perf_counter() - started)
-    return samples
-
-
 def pottery_runs(nodes: list[RedisNodeProcess]) -> tuple[list[float], list[float]] | None:
     try:
         from pottery import Redlock  # type: ignore[import-untyped]
@@ -151,7 +124,7 @@ async def run(nodes: list[RedisNodeProcess]) -> None:
     print(f"# Redis benchmarks (3 masters on loopback, ttl {TTL:g} s, {os.cpu_count()} cores)")
     reference = await single_node_set_del(nodes[0], ROUNDS)
     ours = await our_acquire_release(nodes, ROUNDS)
-    handover = await our_handover(nodes, HANDOVERS)
+    handover = await _common.handover_samples(url_of(nodes), HANDOVERS)
     peer = await trio.to_thread.run_sync(pottery_runs, nodes)
     rows = [
         _common.latency_row("single node SET NX PX + DEL (coredis)", reference, None),

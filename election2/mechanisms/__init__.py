@@ -10,6 +10,7 @@ installed metadata. :func:`parse_url` is the URL grammar they share.
 from __future__ import annotations
 
 import importlib
+import ssl
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -17,11 +18,19 @@ from importlib.metadata import entry_points
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .._checks import DEFAULT_TTL, check_prefix, check_ttl
+from .._checks import DEFAULT_TTL, check_positive_seconds, check_prefix, check_ttl
 from .._election import Factory
 from ..errors import ConfigurationError
 
-__all__ = ["Opener", "ParsedURL", "open_factory", "parse_url", "register"]
+__all__ = [
+    "MechanismSettings",
+    "Opener",
+    "ParsedURL",
+    "open_factory",
+    "parse_url",
+    "register",
+    "settings_of",
+]
 
 Opener = Callable[..., AbstractAsyncContextManager[Factory]]
 
@@ -143,3 +152,63 @@ def parse_url(
         password=password or None,
         query={k: v for k, v in query.items() if k != "ttl"},
     )
+
+
+#: Options every network mechanism takes (keyword arguments or URL query keys).
+COMMON_OPTIONS = frozenset({"close_timeout", "username", "password", "ca", "cert", "key"})
+
+
+@dataclass(frozen=True)
+class MechanismSettings:
+    """A network mechanism's URL and options, checked and merged."""
+
+    parsed: ParsedURL
+    #: URL query keys overridden by keyword options.
+    values: dict[str, Any]
+    close_timeout: float
+    username: str | None
+    password: str | None
+    #: A TLS context when the URL's scheme asks for TLS, else None.
+    tls: ssl.SSLContext | None
+
+
+def settings_of(
+    url: str,
+    options: Mapping[str, Any],
+    *,
+    mechanism: str,
+    default_port: int,
+    extra_options: frozenset[str],
+    tls_scheme: str,
+) -> MechanismSettings:
+    """Check ``url`` and ``options`` of a network mechanism; see :func:`parse_url`."""
+    allowed = COMMON_OPTIONS | extra_options
+    unknown = set(options) - allowed - {"ttl"}
+    if unknown:
+        raise ConfigurationError(f"unknown option(s) for {mechanism}: {sorted(unknown)}")
+    parsed = parse_url(
+        url, default_port=default_port, default_prefix="election2", options=options, allowed=allowed
+    )
+    values: dict[str, Any] = {**parsed.query, **options}
+    close_timeout = check_positive_seconds(
+        values.get("close_timeout", 5.0), name="close_timeout", maximum=300
+    )
+    tls = _tls_context(mechanism, values) if parsed.scheme == tls_scheme else None
+    return MechanismSettings(
+        parsed=parsed,
+        values=values,
+        close_timeout=close_timeout,
+        username=values.get("username", parsed.username),
+        password=values.get("password", parsed.password),
+        tls=tls,
+    )
+
+
+def _tls_context(mechanism: str, values: Mapping[str, Any]) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=values.get("ca"))
+        if values.get("cert"):
+            context.load_cert_chain(values["cert"], values.get("key"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"{mechanism} TLS files (ca/cert/key): {exc}") from None
+    return context

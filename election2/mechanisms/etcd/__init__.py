@@ -9,30 +9,16 @@ also ``etcd://user:password@host``). Needs the ``etcd`` extra (httpx).
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ..._checks import check_positive_seconds, default_instance_id
-from ...errors import ConfigurationError
-from .. import parse_url
+from .. import settings_of
 from ._client import EtcdClient, EtcdError
 from ._mechanism import EtcdElection, EtcdFactory
 
 __all__ = ["EtcdClient", "EtcdElection", "EtcdError", "EtcdFactory", "open_factory"]
-
-_OPTIONS = frozenset({"timeout", "close_timeout", "ca", "cert", "key", "username", "password"})
-
-
-def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=options.get("ca"))
-        if options.get("cert"):
-            context.load_cert_chain(options["cert"], options.get("key"))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"etcd TLS files {options!r}: {exc}") from None
-    return context
 
 
 @asynccontextmanager
@@ -45,33 +31,33 @@ async def open_factory(
     option and :class:`~election2.errors.MechanismUnavailableError` (naming the
     URL) when no endpoint answers within ``timeout``.
     """
-    unknown = set(options) - _OPTIONS - {"ttl"}
-    if unknown:
-        raise ConfigurationError(f"unknown option(s) for etcd: {sorted(unknown)}")
-    parsed = parse_url(
-        url, default_port=2379, default_prefix="election2", options=options, allowed=_OPTIONS
+    settings = settings_of(
+        url,
+        options,
+        mechanism="etcd",
+        default_port=2379,
+        extra_options=frozenset({"timeout"}),
+        tls_scheme="etcds",
     )
-    settings: dict[str, Any] = {**parsed.query, **options}
-    timeout = check_positive_seconds(settings.get("timeout", 2.0), name="timeout", maximum=300)
-    close_timeout = check_positive_seconds(
-        settings.get("close_timeout", 5.0), name="close_timeout", maximum=300
+    parsed = settings.parsed
+    timeout = check_positive_seconds(
+        settings.values.get("timeout", 2.0), name="timeout", maximum=300
     )
-    tls = parsed.scheme == "etcds"
-    scheme = "https" if tls else "http"
+    scheme = "https" if settings.tls is not None else "http"
     client = EtcdClient(
         [f"{scheme}://{host}:{port}" for host, port in parsed.endpoints],
         name=url,
         timeout=timeout,
-        tls=_tls_context(settings) if tls else None,
-        username=settings.get("username", parsed.username),
-        password=settings.get("password", parsed.password),
+        tls=settings.tls,
+        username=settings.username,
+        password=settings.password,
     )
     factory = EtcdFactory(
         client,
         prefix=parsed.prefix,
         instance_id=default_instance_id() if instance_id is None else instance_id,
         ttl=parsed.ttl,
-        close_timeout=close_timeout,
+        close_timeout=settings.close_timeout,
     )
     try:
         async with factory.running():

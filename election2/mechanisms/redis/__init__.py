@@ -13,7 +13,6 @@ tolerates no more failures than one node fewer: a warning is logged. Needs the
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -21,26 +20,13 @@ from typing import Any
 from ..._checks import check_positive_seconds, default_instance_id
 from ..._election import single_exception
 from ...errors import ConfigurationError
-from .. import parse_url
+from .. import settings_of
 from ._mechanism import RedisElection, RedisFactory
 from ._redlock import RedisNode
 
 __all__ = ["RedisElection", "RedisFactory", "open_factory"]
 
 log = logging.getLogger("election2.redis")
-_OPTIONS = frozenset(
-    {"node_timeout", "close_timeout", "key_template", "username", "password", "ca", "cert", "key"}
-)
-
-
-def _tls_context(settings: dict[str, Any]) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=settings.get("ca"))
-        if settings.get("cert"):
-            context.load_cert_chain(settings["cert"], settings.get("key"))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"redis TLS files: {exc}") from None
-    return context
 
 
 @asynccontextmanager
@@ -53,25 +39,24 @@ async def open_factory(
     option, :class:`~election2.errors.MechanismUnavailableError` naming the
     unreachable nodes when fewer than a quorum answer.
     """
-    unknown = set(options) - _OPTIONS - {"ttl"}
-    if unknown:
-        raise ConfigurationError(f"unknown option(s) for redis: {sorted(unknown)}")
-    parsed = parse_url(
-        url, default_port=6379, default_prefix="election2", options=options, allowed=_OPTIONS
+    settings = settings_of(
+        url,
+        options,
+        mechanism="redis",
+        default_port=6379,
+        extra_options=frozenset({"node_timeout", "key_template"}),
+        tls_scheme="rediss",
     )
-    settings: dict[str, Any] = {**parsed.query, **options}
+    parsed = settings.parsed
     default_node_timeout = min(max(parsed.ttl / 100, 0.1), 0.5)
     node_timeout = check_positive_seconds(
-        settings.get("node_timeout", default_node_timeout), name="node_timeout", maximum=60
+        settings.values.get("node_timeout", default_node_timeout), name="node_timeout", maximum=60
     )
     if node_timeout >= parsed.ttl / 3:
         raise ConfigurationError(
             f"node_timeout={node_timeout:g} must be well below ttl={parsed.ttl:g} (< ttl/3)"
         )
-    close_timeout = check_positive_seconds(
-        settings.get("close_timeout", 5.0), name="close_timeout", maximum=300
-    )
-    key_template = str(settings.get("key_template", "{prefix}/{resource}"))
+    key_template = str(settings.values.get("key_template", "{prefix}/{resource}"))
     try:
         key_template.format(prefix="p", resource="r")
     except (KeyError, IndexError, ValueError):
@@ -86,15 +71,14 @@ async def open_factory(
             len(parsed.endpoints),
             len(parsed.endpoints) - 1,
         )
-    tls = _tls_context(settings) if parsed.scheme == "rediss" else None
     nodes = [
         RedisNode(
             host,
             port,
             timeout=node_timeout,
-            username=settings.get("username", parsed.username),
-            password=settings.get("password", parsed.password),
-            tls=tls,
+            username=settings.username,
+            password=settings.password,
+            tls=settings.tls,
         )
         for host, port in parsed.endpoints
     ]
@@ -104,7 +88,7 @@ async def open_factory(
         key_template=key_template,
         instance_id=default_instance_id() if instance_id is None else instance_id,
         ttl=parsed.ttl,
-        close_timeout=close_timeout,
+        close_timeout=settings.close_timeout,
     )
     with single_exception():  # coredis' pools wrap errors in groups
         async with AsyncExitStack() as clients:
