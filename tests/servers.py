@@ -12,8 +12,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -94,3 +96,16 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+ProcessT = TypeVar("ProcessT", bound=ServerProcess)
+
+
+@contextmanager
+def killed_after(processes: Sequence[ProcessT]) -> Iterator[list[ProcessT]]:
+    """Yield the started ``processes``; kill every one of them afterwards."""
+    try:
+        yield list(processes)
+    finally:
+        for process in processes:
+            process.kill()

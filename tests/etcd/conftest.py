@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ServerProcess, free_port, require_binary, wait_until
+from tests.servers import ServerProcess, free_port, killed_after, require_binary, wait_until
 
 
 class EtcdMember(ServerProcess):
@@ -76,29 +76,19 @@ def _start_cluster(tmp_path: Path, size: int) -> list[EtcdMember]:
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
     """One etcd shared by the tests that only need a working server."""
-    (member,) = _start_cluster(tmp_path_factory.mktemp("etcd"), 1)
-    yield member
-    member.kill()
+    with killed_after(_start_cluster(tmp_path_factory.mktemp("etcd"), 1)) as (member,):
+        yield member
 
 
 @pytest.fixture
 def own_etcd(tmp_path: Path) -> Iterator[EtcdMember]:
     """A private etcd for tests that pause, stop or kill the server."""
-    (member,) = _start_cluster(tmp_path, 1)
-    yield member
-    member.kill()
+    with killed_after(_start_cluster(tmp_path, 1)) as (member,):
+        yield member
 
 
 @pytest.fixture
 def etcd_cluster(tmp_path: Path) -> Iterator[list[EtcdMember]]:
     """A 3-member etcd cluster."""
-    members = _start_cluster(tmp_path, 3)
-    yield members
-    for member in members:
-        member.kill()
-
-
-@pytest.fixture
-def prefix() -> str:
-    """A fresh key prefix, so tests never see each other's keys."""
-    return f"t/{uuid.uuid4().hex[:12]}"
+    with killed_after(_start_cluster(tmp_path, 3)) as members:
+        yield members

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import ServerProcess, free_port, require_binary, wait_until
+from tests.servers import ServerProcess, free_port, killed_after, require_binary, wait_until
 
 
 class RedisNodeProcess(ServerProcess):
@@ -73,28 +72,18 @@ def url_of(nodes: list[RedisNodeProcess], prefix: str, ttl: float, query: str = 
 @pytest.fixture(scope="session")
 def redis3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisNodeProcess]]:
     """Three independent masters shared by tests that do not break them."""
-    nodes = start_nodes(tmp_path_factory.mktemp("redis3"), 3)
-    yield nodes
-    for node in nodes:
-        node.kill()
+    with killed_after(start_nodes(tmp_path_factory.mktemp("redis3"), 3)) as nodes:
+        yield nodes
 
 
 @pytest.fixture
 def own_redis3(tmp_path: Path) -> Iterator[list[RedisNodeProcess]]:
-    nodes = start_nodes(tmp_path, 3)
-    yield nodes
-    for node in nodes:
-        node.kill()
+    """Three private masters for tests that pause, restart or kill them."""
+    with killed_after(start_nodes(tmp_path, 3)) as nodes:
+        yield nodes
 
 
 @pytest.fixture
 def own_redis5(tmp_path: Path) -> Iterator[list[RedisNodeProcess]]:
-    nodes = start_nodes(tmp_path, 5)
-    yield nodes
-    for node in nodes:
-        node.kill()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
+    with killed_after(start_nodes(tmp_path, 5)) as nodes:
+        yield nodes

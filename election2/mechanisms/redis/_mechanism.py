@@ -269,8 +269,14 @@ class RedisFactory(BaseFactory[RedisElection]):
             return Renewal(refused=frozenset(held))
         keys = [e.key for e in holding]
         args: list[str | int] = [self.ttl_ms, *(e._value or "" for e in holding)]
+        # Unlike an acquire, an extension counts whenever it is answered: its
+        # deadline runs from the send time. So a large batch may take up to the
+        # renewal interval, not just the per-node timeout.
         results = await fan_out(
-            self.nodes, lambda node: node.run(EXTEND, keys, args), nursery=self.nursery
+            self.nodes,
+            lambda node: node.run(EXTEND, keys, args),
+            nursery=self.nursery,
+            limit=self.renew_interval,
         )
         answered = [r for r in results if not isinstance(r, NodeFailure)]
         if not answered:
