@@ -269,14 +269,26 @@ class RedisFactory(BaseFactory[RedisElection]):
             return Renewal(refused=frozenset(held))
         keys = [e.key for e in holding]
         args: list[str | int] = [self.ttl_ms, *(e._value or "" for e in holding)]
+
         # Unlike an acquire, an extension counts whenever it is answered: its
         # deadline runs from the send time. So a large batch may take up to the
         # renewal interval, not just the per-node timeout.
+        def every_key_decided(results: Sequence[object]) -> bool:
+            """Each key extended by a quorum or refused by a majority already."""
+            answered = [r for r in results if isinstance(r, list)]
+            for index in range(len(keys)):
+                extended = sum(1 for r in answered if int(r[index]) == 1)
+                refused = len(answered) - extended
+                if extended < self.quorum and refused <= len(results) - self.quorum:
+                    return False
+            return True
+
         results = await fan_out(
             self.nodes,
             lambda node: node.run(EXTEND, keys, args),
             nursery=self.nursery,
-            limit=self.renew_interval,
+            enough=every_key_decided,
+            limit=self.renew_interval / 2,
         )
         answered = [r for r in results if not isinstance(r, NodeFailure)]
         if not answered:
