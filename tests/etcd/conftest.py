@@ -21,6 +21,7 @@ class EtcdMember(ServerProcess):
         self.data_dir = data_dir
         self.initial_cluster = f"{name}=http://127.0.0.1:{peer_port}"
         self.cluster_token = f"t-{uuid.uuid4().hex[:8]}"
+        self.extra_args: list[str] = []
         super().__init__([], name=name, log_path=data_dir.parent / f"{name}.log")
 
     @property
@@ -41,6 +42,7 @@ class EtcdMember(ServerProcess):
             "--initial-cluster-token", self.cluster_token,
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
+            *self.extra_args,
         ]  # fmt: skip
         super().start()
 
@@ -58,10 +60,12 @@ class EtcdMember(ServerProcess):
             raise TimeoutError(f"etcd did not start:\n{self.log_tail()}") from None
 
 
-def _start_cluster(tmp_path: Path, size: int) -> list[EtcdMember]:
+def _start_cluster(tmp_path: Path, size: int, *extra_args: str) -> list[EtcdMember]:
     members = [
         EtcdMember(f"m{i}", tmp_path / f"m{i}", free_port(), free_port()) for i in range(size)
     ]
+    for member in members:
+        member.extra_args = list(extra_args)
     cluster = ",".join(f"{m.member_name}=http://127.0.0.1:{m.peer_port}" for m in members)
     token = f"t-{uuid.uuid4().hex[:8]}"
     for member in members:

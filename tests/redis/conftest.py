@@ -12,7 +12,7 @@ from tests.servers import ServerProcess, free_port, killed_after, require_binary
 
 
 class RedisNodeProcess(ServerProcess):
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, *extra_args: str) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port
         super().__init__(
@@ -28,6 +28,7 @@ class RedisNodeProcess(ServerProcess):
                 "no",
                 "--dir",
                 str(data_dir),
+                *extra_args,
             ],
             name=f"redis-{port}",
             log_path=data_dir / "redis.log",
@@ -41,7 +42,7 @@ class RedisNodeProcess(ServerProcess):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -57,8 +58,8 @@ class RedisNodeProcess(ServerProcess):
         self.start()
 
 
-def start_nodes(tmp_path: Path, count: int) -> list[RedisNodeProcess]:
-    nodes = [RedisNodeProcess(tmp_path / f"n{i}", free_port()) for i in range(count)]
+def start_nodes(tmp_path: Path, count: int, *extra_args: str) -> list[RedisNodeProcess]:
+    nodes = [RedisNodeProcess(tmp_path / f"n{i}", free_port(), *extra_args) for i in range(count)]
     for node in nodes:
         node.start()
     return nodes
