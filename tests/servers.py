@@ -109,3 +109,23 @@ def killed_after(processes: Sequence[ProcessT]) -> Iterator[list[ProcessT]]:
     finally:
         for process in processes:
             process.kill()
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 (openssl), for TLS tests."""
+    openssl = require_binary("openssl")
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key")}
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", str(paths["ca-key"]), "-out", str(paths["ca"]))  # fmt: skip
+    csr = directory / "server.csr"
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(paths["server-key"]), "-out", str(csr))  # fmt: skip
+    run("x509", "-req", "-in", str(csr), "-CA", str(paths["ca"]), "-CAkey", str(paths["ca-key"]),
+        "-CAcreateserial", "-days", "2", "-extfile", str(directory / "san.cnf"),
+        "-out", str(paths["server"]))  # fmt: skip
+    return paths

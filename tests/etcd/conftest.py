@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,10 @@ class EtcdMember(ServerProcess):
         super().__init__([], name=name, log_path=data_dir.parent / f"{name}.log")
 
     @property
+    def scheme(self) -> str:
+        return "https" if "--cert-file" in self.extra_args else "http"
+
+    @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
@@ -33,8 +38,8 @@ class EtcdMember(ServerProcess):
             require_binary("etcd"),
             "--name", self.member_name,
             "--data-dir", str(self.data_dir),
-            "--listen-client-urls", f"http://127.0.0.1:{self.client_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{self.client_port}",
+            "--listen-client-urls", f"{self.scheme}://127.0.0.1:{self.client_port}",
+            "--advertise-client-urls", f"{self.scheme}://127.0.0.1:{self.client_port}",
             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-cluster", self.initial_cluster,
@@ -47,10 +52,19 @@ class EtcdMember(ServerProcess):
         super().start()
 
     def healthy(self) -> bool:
+        if "--cert-file" in self.extra_args:
+            return self._port_open()
         try:
             with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=0.5) as r:
                 return bool(json.load(r).get("health") == "true")
         except (OSError, ValueError):
+            return False
+
+    def _port_open(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5):
+                return True
+        except OSError:
             return False
 
     def wait_healthy(self, timeout: float = 20) -> None:

@@ -15,11 +15,15 @@ class RedisNodeProcess(ServerProcess):
     def __init__(self, data_dir: Path, port: int, *extra_args: str) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port
+        # "PORT" in extra_args stands for our port (e.g. "--tls-port", "PORT");
+        # with TLS the plain port is closed.
+        self.tls = "--tls-port" in extra_args
+        extra_args = tuple(str(port) if arg == "PORT" else arg for arg in extra_args)
         super().__init__(
             [
                 require_binary("redis-server"),
                 "--port",
-                str(port),
+                "0" if self.tls else str(port),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -41,6 +45,8 @@ class RedisNodeProcess(ServerProcess):
     def answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.tls:
+                    return True
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
