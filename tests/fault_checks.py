@@ -5,13 +5,24 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
 import election2
+from election2 import Election
 from tests.processes import Candidate
 
 log = logging.getLogger("tests.faults")
+
+
+@asynccontextmanager
+async def two_candidates(url: str) -> AsyncIterator[tuple[Election, Election]]:
+    """Instances "a" and "b", each with its election of resource "job"."""
+    async with election2.open_factory(url, instance_id="a") as fa:
+        async with election2.open_factory(url, instance_id="b") as fb:
+            yield await fa.new_election("job"), await fb.new_election("job")
 
 
 async def killed_master_is_replaced(url: str, ttl: float) -> float:

@@ -16,7 +16,11 @@ from election2 import ConfigurationError, MechanismUnavailableError
 from election2.mechanisms.etcd import EtcdElection, EtcdFactory
 from election2.mechanisms.etcd._client import EtcdClient, b64
 from tests.etcd.conftest import EtcdMember
-from tests.fault_checks import killed_master_is_replaced, paused_master_never_works_again
+from tests.fault_checks import (
+    killed_master_is_replaced,
+    paused_master_never_works_again,
+    two_candidates,
+)
 from tests.servers import free_port, require_binary
 
 log = logging.getLogger("tests.etcd")
@@ -220,21 +224,19 @@ async def test_nothing_left_after_close(etcd_server: EtcdMember, prefix: str) ->
 async def test_observe_follows_handover(etcd_server: EtcdMember, prefix: str) -> None:
     url = url_of(etcd_server, prefix)
     seen: list[str | None] = []
-    async with election2.open_factory(url, instance_id="a") as fa:
-        async with election2.open_factory(url, instance_id="b") as fb:
-            ea, eb = await fa.new_election("job"), await fb.new_election("job")
-            async with trio.open_nursery() as nursery:
+    async with two_candidates(url) as (ea, eb):
+        async with trio.open_nursery() as nursery:
 
-                async def watch() -> None:
-                    async with eb.observe() as changes:
-                        async for leader in changes:
-                            seen.append(leader)
-                            if leader == "b":
-                                return
+            async def watch() -> None:
+                async with eb.observe() as changes:
+                    async for leader in changes:
+                        seen.append(leader)
+                        if leader == "b":
+                            return
 
-                nursery.start_soon(watch)
-                await ea.await_mastership()
-                nursery.start_soon(eb.await_mastership)
-                await trio.sleep(0.5)
-                await ea.resign()
+            nursery.start_soon(watch)
+            await ea.await_mastership()
+            nursery.start_soon(eb.await_mastership)
+            await trio.sleep(0.5)
+            await ea.resign()
     assert seen == [None, "a", "b"]

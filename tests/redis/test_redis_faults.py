@@ -11,7 +11,11 @@ import trio
 import election2
 from election2 import ConfigurationError, MechanismUnavailableError
 from election2.mechanisms.redis import RedisElection, RedisFactory
-from tests.fault_checks import killed_master_is_replaced, paused_master_never_works_again
+from tests.fault_checks import (
+    killed_master_is_replaced,
+    paused_master_never_works_again,
+    two_candidates,
+)
 from tests.redis.conftest import RedisNodeProcess, url_of
 from tests.servers import free_port
 
@@ -23,78 +27,72 @@ async def test_one_node_of_three_down_keeps_working(
     own_redis3: list[RedisNodeProcess], prefix: str
 ) -> None:
     url = url_of(own_redis3, prefix, TTL)
-    async with election2.open_factory(url, instance_id="a") as fa:
-        async with election2.open_factory(url, instance_id="b") as fb:
-            ea, eb = await fa.new_election("job"), await fb.new_election("job")
-            await ea.await_mastership()
-            own_redis3[0].pause()
-            try:
-                async with ea.with_mastership() as scope:
-                    await trio.sleep(TTL * 2)  # several extensions on 2 of 3 nodes
-                assert not scope.cancelled_caught and ea.is_master
-                assert await eb.leader() == "a"
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(eb.await_mastership)
-                    await trio.sleep(0.2)
-                    assert not eb.is_master
-                    resigned_at = trio.current_time()
-                    await ea.resign()
-                assert eb.is_master
-                log.info(
-                    "handover with a node down: %.1f ms", (trio.current_time() - resigned_at) * 1000
-                )
-            finally:
-                own_redis3[0].resume()
+    async with two_candidates(url) as (ea, eb):
+        await ea.await_mastership()
+        own_redis3[0].pause()
+        try:
+            async with ea.with_mastership() as scope:
+                await trio.sleep(TTL * 2)  # several extensions on 2 of 3 nodes
+            assert not scope.cancelled_caught and ea.is_master
+            assert await eb.leader() == "a"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(eb.await_mastership)
+                await trio.sleep(0.2)
+                assert not eb.is_master
+                resigned_at = trio.current_time()
+                await ea.resign()
+            assert eb.is_master
+            log.info(
+                "handover with a node down: %.1f ms", (trio.current_time() - resigned_at) * 1000
+            )
+        finally:
+            own_redis3[0].resume()
 
 
 async def test_two_nodes_of_three_down_ends_mastership_in_time(
     own_redis3: list[RedisNodeProcess], prefix: str
 ) -> None:
     url = url_of(own_redis3, prefix, TTL)
-    async with election2.open_factory(url, instance_id="a") as fa:
-        async with election2.open_factory(url, instance_id="b") as fb:
-            ea, eb = await fa.new_election("job"), await fb.new_election("job")
-            await ea.await_mastership()
-            await trio.sleep(0.3)
-            async with ea.with_mastership() as scope:
-                stopped_at = trio.current_time()
-                own_redis3[0].pause()
-                own_redis3[1].pause()
-                with trio.fail_after(TTL * 2):
-                    await trio.sleep_forever()
-            closed_at = trio.current_time()
-            assert scope.cancelled_caught and not ea.is_master
-            # The last extension that counted started before the pause; its
-            # validity window closes at its start + ttl: we stopped before that.
-            margin = stopped_at + TTL - closed_at
-            log.info("two of three down: scope closed %.3f s before validity ended", margin)
-            assert margin > 0
-            # Nobody else can win while a quorum is unreachable.
-            with pytest.raises(MechanismUnavailableError) as caught:
-                await eb.await_mastership()
-            assert own_redis3[0].endpoint in str(caught.value)
-            assert not eb.is_master
-            own_redis3[0].resume()
-            own_redis3[1].resume()
-            with trio.fail_after(TTL * 3):
-                await eb.await_mastership()
-            assert eb.is_master
+    async with two_candidates(url) as (ea, eb):
+        await ea.await_mastership()
+        await trio.sleep(0.3)
+        async with ea.with_mastership() as scope:
+            stopped_at = trio.current_time()
+            own_redis3[0].pause()
+            own_redis3[1].pause()
+            with trio.fail_after(TTL * 2):
+                await trio.sleep_forever()
+        closed_at = trio.current_time()
+        assert scope.cancelled_caught and not ea.is_master
+        # The last extension that counted started before the pause; its
+        # validity window closes at its start + ttl: we stopped before that.
+        margin = stopped_at + TTL - closed_at
+        log.info("two of three down: scope closed %.3f s before validity ended", margin)
+        assert margin > 0
+        # Nobody else can win while a quorum is unreachable.
+        with pytest.raises(MechanismUnavailableError) as caught:
+            await eb.await_mastership()
+        assert own_redis3[0].endpoint in str(caught.value)
+        assert not eb.is_master
+        own_redis3[0].resume()
+        own_redis3[1].resume()
+        with trio.fail_after(TTL * 3):
+            await eb.await_mastership()
+        assert eb.is_master
 
 
 async def test_restart_of_one_node_without_persistence_is_tolerated(
     own_redis3: list[RedisNodeProcess], prefix: str
 ) -> None:
     url = url_of(own_redis3, prefix, TTL)
-    async with election2.open_factory(url, instance_id="a") as fa:
-        async with election2.open_factory(url, instance_id="b") as fb:
-            ea, eb = await fa.new_election("job"), await fb.new_election("job")
-            await ea.await_mastership()
-            own_redis3[2].restart()  # forgets the lock and the fencing counter
-            async with ea.with_mastership() as scope:
-                with trio.move_on_after(TTL * 2):
-                    await eb.await_mastership()  # wins the restarted node only
-            assert not scope.cancelled_caught and ea.is_master and not eb.is_master
-            assert await eb.leader() == "a"
+    async with two_candidates(url) as (ea, eb):
+        await ea.await_mastership()
+        own_redis3[2].restart()  # forgets the lock and the fencing counter
+        async with ea.with_mastership() as scope:
+            with trio.move_on_after(TTL * 2):
+                await eb.await_mastership()  # wins the restarted node only
+        assert not scope.cancelled_caught and ea.is_master and not eb.is_master
+        assert await eb.leader() == "a"
 
 
 async def test_restart_of_a_majority_without_persistence_is_documented_unsafe(
@@ -104,23 +102,21 @@ async def test_restart_of_a_majority_without_persistence_is_documented_unsafe(
     master in (until the first's next extension is refused) and resets the
     fencing counters. Hence the "delayed restart" advice."""
     url = url_of(own_redis3, prefix, TTL)
-    async with election2.open_factory(url, instance_id="a") as fa:
-        async with election2.open_factory(url, instance_id="b") as fb:
-            ea, eb = await fa.new_election("job"), await fb.new_election("job")
-            for _ in range(3):
-                await ea.await_mastership()
-                await ea.resign()
+    async with two_candidates(url) as (ea, eb):
+        for _ in range(3):
             await ea.await_mastership()
-            old_token = ea.fencing_token
-            assert old_token is not None and old_token >= 4
-            own_redis3[0].restart()
-            own_redis3[1].restart()
-            async with ea.with_mastership() as scope:
-                await eb.await_mastership()
-                assert eb.fencing_token is not None and eb.fencing_token < old_token
-                with trio.fail_after(TTL):
-                    await trio.sleep_forever()  # a's next extension is refused
-            assert scope.cancelled_caught and not ea.is_master
+            await ea.resign()
+        await ea.await_mastership()
+        old_token = ea.fencing_token
+        assert old_token is not None and old_token >= 4
+        own_redis3[0].restart()
+        own_redis3[1].restart()
+        async with ea.with_mastership() as scope:
+            await eb.await_mastership()
+            assert eb.fencing_token is not None and eb.fencing_token < old_token
+            with trio.fail_after(TTL):
+                await trio.sleep_forever()  # a's next extension is refused
+        assert scope.cancelled_caught and not ea.is_master
 
 
 async def test_sigkilled_master_process_is_replaced(
