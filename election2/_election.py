@@ -433,7 +433,9 @@ class BaseFactory(ABC, Generic[ElectionT]):
                 # A renewal slower than the interval is as good as lost.
                 with trio.fail_after(self.renew_interval):
                     renewal = await self._renew(held)
-            except (MechanismUnavailableError, trio.TooSlowError) as exc:
+            except (ElectionError, trio.TooSlowError) as exc:
+                # Unreachable, or an error answer: either way nothing was
+                # confirmed or refused. Retry soon; terms run to their deadline.
                 log.warning("%s: renewal failed, retrying: %r", self._instance_id, exc)
                 delay = self.retry_interval
                 continue

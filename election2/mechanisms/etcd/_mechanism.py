@@ -308,7 +308,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
                 async with self.client.watch_prefix(self.prefix + "/", revision + 1) as results:
                     async for result in results:
                         self._apply(result.get("events", []))
-            except MechanismUnavailableError:
+            except (MechanismUnavailableError, EtcdError):
                 if not started:
                     raise
             await trio.sleep(self.retry_interval)
