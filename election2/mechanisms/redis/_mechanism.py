@@ -5,9 +5,8 @@ PX`` to every node at once and counts the term only if a quorum said yes
 *and* the round finished inside the validity window; the deadline is the
 round's start + ttl - drift, drift = ttl*1% + 2 ms. The core's renewal loop
 extends every key the factory holds with ONE script call per node per tick.
-Resign deletes the lock (compare-and-delete) and publishes on the key's
-channel, which waiting candidates follow, so they retry at once instead of at
-their next poll.
+Resign deletes the lock (compare-and-delete) and publishes on the prefix's
+channel, so waiting candidates retry at once instead of at their next poll.
 Fencing tokens come from a per-resource counter bumped on each node that
 granted the lock and raised to the term's token on a quorum.
 """
@@ -22,11 +21,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import coredis
 import trio
 
-from ..._election import BaseElection, BaseFactory, Renewal
+from ..._election import BaseElection, BaseFactory, Renewal, single_exception
 from ...errors import MechanismUnavailableError
-from ._notices import Notices, Signals
 from ._redlock import (
     ACQUIRE,
     EXTEND,
@@ -46,6 +45,21 @@ def _pending(result: object) -> bool:
     return isinstance(result, NodeFailure) and result.reason == "no answer yet"
 
 
+class _Signals:
+    """Per-resource events set by the factory's pub/sub listeners."""
+
+    def __init__(self) -> None:
+        self.released = trio.Event()
+        self.changed = trio.Event()
+
+    def fire(self, kind: str) -> None:
+        if kind == "released":
+            self.released.set()
+            self.released = trio.Event()
+        self.changed.set()
+        self.changed = trio.Event()
+
+
 class RedisElection(BaseElection["RedisFactory"]):
     """The election of one resource by Redlock."""
 
@@ -53,17 +67,15 @@ class RedisElection(BaseElection["RedisFactory"]):
         super().__init__(factory, resource_id)
         self.key = factory.key_template.format(prefix=factory.prefix, resource=resource_id)
         self.token_key = self.key + ":fencing"
-        #: Where the scripts announce acquisitions and releases of the key.
-        self.channel = self.key + ":notices"
         #: Our lock value while we hold or try for the lock: "instance:random".
         self._value: str | None = None
 
     async def _campaign(self) -> tuple[int, float]:
         factory = self._factory
         unreachable_rounds = 0
-
-        async def attempt() -> tuple[int, float] | None:
-            nonlocal unreachable_rounds
+        while True:
+            signals = factory._signals(self.resource_id)
+            released = signals.released
             try:
                 won = await self._try_acquire()
             except MechanismUnavailableError:
@@ -72,27 +84,14 @@ class RedisElection(BaseElection["RedisFactory"]):
                 unreachable_rounds += 1
                 if unreachable_rounds >= factory.unreachable_rounds:
                     raise
-                return None
-            unreachable_rounds = 0
-            return won
-
-        # A free lock is taken without subscribing to anything.
-        won = await attempt()
-        if won is not None:
-            return won
-        async with factory.notices.following(self.channel) as signals:
-            # Taken before each look at the lock, so no release is missed.
-            released = signals.released
-            if unreachable_rounds == 0:
-                # It may have been released before we subscribed: look again.
-                won = await attempt()
-            while won is None:
-                # Wait for a release notice; poll with jitter in case one is missed.
-                with trio.move_on_after(factory.poll_interval * random.uniform(0.5, 1.5)):
-                    await released.wait()
-                released = signals.released
-                won = await attempt()
-            return won
+                won = None
+            else:
+                unreachable_rounds = 0
+            if won is not None:
+                return won
+            # Wait for a release notice; poll with jitter in case one is missed.
+            with trio.move_on_after(factory.poll_interval * random.uniform(0.5, 1.5)):
+                await released.wait()
 
     async def _try_acquire(self) -> tuple[int, float] | None:
         factory = self._factory
@@ -104,7 +103,7 @@ class RedisElection(BaseElection["RedisFactory"]):
             lambda node: node.run(
                 ACQUIRE,
                 [self.key, self.token_key],
-                [value, factory.ttl_ms, self.channel],
+                [value, factory.ttl_ms, factory.channel, self.resource_id],
             ),
             nursery=factory.nursery,
             enough=factory.decided(lambda r: int(r) > 0),
@@ -141,7 +140,7 @@ class RedisElection(BaseElection["RedisFactory"]):
         factory = self._factory
         results = await fan_out(
             factory.nodes,
-            lambda node: node.run(RELEASE, [self.key], [value, self.channel]),
+            lambda node: node.run(RELEASE, [self.key], [value, factory.channel, self.resource_id]),
             nursery=factory.nursery,
             enough=factory.decided(lambda r: True),
         )
@@ -166,19 +165,19 @@ class RedisElection(BaseElection["RedisFactory"]):
 
     @asynccontextmanager
     async def _leader_changes(self) -> AsyncIterator[AsyncIterator[str | None]]:
-        async with self._factory.notices.following(self.channel) as signals:
-            yield self._follow_leader(signals)
+        yield self._follow_leader()
 
-    async def _follow_leader(self, signals: Signals) -> AsyncIterator[str | None]:
+    async def _follow_leader(self) -> AsyncIterator[str | None]:
+        factory = self._factory
         while True:
-            changed = signals.changed
+            changed = factory._signals(self.resource_id).changed
             try:
                 current = await self.leader()
             except MechanismUnavailableError:
                 pass  # no quorum right now: keep following, the next poll re-syncs
             else:
                 yield current
-            with trio.move_on_after(self._factory.poll_interval):
+            with trio.move_on_after(factory.poll_interval):
                 await changed.wait()
 
 
@@ -200,13 +199,14 @@ class RedisFactory(BaseFactory[RedisElection]):
         self.quorum = len(self.nodes) // 2 + 1
         self.prefix = prefix
         self.key_template = key_template
+        self.channel = f"{prefix}:election2"
         self.ttl_ms = math.ceil(ttl * 1000)
         #: Fallback retry period of waiting candidates and observers.
         self.poll_interval = ttl / 10
         #: Consecutive acquire rounds without a quorum of answers before a
         #: campaign gives up with MechanismUnavailableError.
         self.unreachable_rounds = 3
-        self.notices = Notices(self.nodes, retry_interval=self.retry_interval)
+        self._resource_signals: dict[str, _Signals] = {}
 
     def decided(self, success: Callable[[Any], bool]) -> Callable[[Sequence[object]], bool]:
         """A fan-out is decided once a quorum succeeded or can no longer."""
@@ -223,6 +223,12 @@ class RedisFactory(BaseFactory[RedisElection]):
     def _create_election(self, resource_id: str) -> RedisElection:
         return RedisElection(self, resource_id)
 
+    def _signals(self, resource_id: str) -> _Signals:
+        signals = self._resource_signals.get(resource_id)
+        if signals is None:
+            signals = self._resource_signals[resource_id] = _Signals()
+        return signals
+
     async def _open(self) -> None:
         async def ping(node: RedisNode) -> object:
             return await node.client.ping()
@@ -235,7 +241,27 @@ class RedisFactory(BaseFactory[RedisElection]):
         if len(failures(results)) > len(results) - self.quorum:
             raise unavailable("cannot open", results, self.quorum)
         for node in self.nodes:
-            self.nursery.start_soon(self.notices.listen, node)
+            self.nursery.start_soon(self._listen, node)
+
+    async def _listen(self, node: RedisNode) -> None:
+        """Follow the prefix's channel on one node; reconnect after failures."""
+        while True:
+            try:
+                with single_exception():  # coredis raises from its task group
+                    await self._follow_channel(node)
+            except (coredis.exceptions.RedisError, OSError):
+                pass
+            await trio.sleep(self.retry_interval)
+
+    async def _follow_channel(self, node: RedisNode) -> None:
+        async with node.client.pubsub(channels=[self.channel]) as pubsub:
+            async for message in pubsub:
+                if message["type"] != "message":
+                    continue
+                kind, _, resource_id = str(message["data"]).partition(":")
+                signals = self._resource_signals.get(resource_id)
+                if signals is not None:
+                    signals.fire(kind)
 
     async def _renew(self, held: list[RedisElection]) -> Renewal[RedisElection]:
         holding = [e for e in held if e._value is not None]
@@ -243,25 +269,19 @@ class RedisFactory(BaseFactory[RedisElection]):
             return Renewal(refused=frozenset(held))
         keys = [e.key for e in holding]
         args: list[str | int] = [self.ttl_ms, *(e._value or "" for e in holding)]
-        nodes, quorum = len(self.nodes), self.quorum
-
-        def refusals_of(results: Sequence[object]) -> tuple[int, Counter[int]]:
-            """How many nodes answered, and per key position how many refused."""
-            answered = [r for r in results if isinstance(r, list)]
-            return len(answered), Counter(int(i) - 1 for r in answered for i in r)
 
         # Unlike an acquire, an extension counts whenever it is answered: its
         # deadline runs from the send time. So a large batch may take up to the
         # renewal interval, not just the per-node timeout.
         def every_key_decided(results: Sequence[object]) -> bool:
             """Each key extended by a quorum or refused by a majority already."""
-            answered, refusals = refusals_of(results)
-            if answered < quorum and len(refusals) < len(keys):
-                return False  # some key was extended everywhere, but not yet on a quorum
-            return all(
-                answered - refused >= quorum or refused > nodes - quorum
-                for refused in refusals.values()
-            )
+            answered = [r for r in results if isinstance(r, list)]
+            for index in range(len(keys)):
+                extended = sum(1 for r in answered if int(r[index]) == 1)
+                refused = len(answered) - extended
+                if extended < self.quorum and refused <= len(results) - self.quorum:
+                    return False
+            return True
 
         results = await fan_out(
             self.nodes,
@@ -270,15 +290,15 @@ class RedisFactory(BaseFactory[RedisElection]):
             enough=every_key_decided,
             limit=self.renew_interval / 2,
         )
-        answered, refusals = refusals_of(results)
+        answered = [r for r in results if not isinstance(r, NodeFailure)]
         if not answered:
-            raise unavailable("cannot extend", results, quorum)
+            raise unavailable("cannot extend", results, self.quorum)
         refused, unconfirmed = set(), set()
         for index, election in enumerate(holding):
-            refused_by = refusals.get(index, 0)
-            if answered - refused_by >= quorum:
-                continue  # extended on a quorum
-            if refused_by >= quorum:
+            extended = sum(1 for r in answered if int(r[index]) == 1)
+            if extended >= self.quorum:
+                continue
+            if len(answered) - extended >= self.quorum:
                 refused.add(election)  # a majority says the lock is not ours
             else:
                 unconfirmed.add(election)

@@ -24,12 +24,11 @@ __all__ = ["ACQUIRE", "EXTEND", "FENCE", "RELEASE", "NodeFailure", "RedisNode", 
 
 T = TypeVar("T")
 
-#: SET NX PX; on success bump the resource's fencing counter, return it and
-#: tell the resource's followers.
+#: SET NX PX; on success bump the resource's fencing counter and return it.
 ACQUIRE = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local token = redis.call('incr', KEYS[2])
-  redis.call('publish', ARGV[3], 'acquired')
+  redis.call('publish', ARGV[3], 'acquired:' .. ARGV[4])
   return token
 end
 return -1
@@ -46,26 +45,25 @@ end
 return 0
 """
 
-#: Batched compare-and-pexpire: one call per node per tick for every key
-#: held. Returns the (1-based) positions of the keys that are not ours, so
-#: the usual answer is an empty list however many keys were extended.
+#: Batched compare-and-pexpire: one call per node per tick for every key held.
 EXTEND = """
-local refused = {}
+local extended = {}
 for i, key in ipairs(KEYS) do
   if redis.call('get', key) == ARGV[i + 1] then
     redis.call('pexpire', key, ARGV[1])
+    extended[i] = 1
   else
-    refused[#refused + 1] = i
+    extended[i] = 0
   end
 end
-return refused
+return extended
 """
 
 #: Compare-and-delete, then wake the candidates waiting for this resource.
 RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   redis.call('del', KEYS[1])
-  redis.call('publish', ARGV[2], 'released')
+  redis.call('publish', ARGV[2], 'released:' .. ARGV[3])
   return 1
 end
 return 0
