@@ -61,8 +61,8 @@ async def our_acquire_release(nodes: list[RedisNodeProcess], rounds: int) -> lis
 
 def pottery_runs(nodes: list[RedisNodeProcess]) -> tuple[list[float], list[float]] | None:
     try:
-        from pottery import Redlock  # type: ignore[import-untyped]
-        from redis import Redis  # type: ignore[import-untyped]
+        from pottery import Redlock  # type: ignore[import-not-found,unused-ignore]
+        from redis import Redis  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     masters = {Redis(host="127.0.0.1", port=node.port) for node in nodes}
@@ -106,7 +106,7 @@ async def many_resources(nodes: list[RedisNodeProcess], count: int) -> list[list
             assert isinstance(factory, RedisFactory)
             calls = _common.CallCounter()
             for node in factory.nodes:
-                node.run = calls.wrap(node.run)  # type: ignore[method-assign]
+                node.run = calls.wrap(node.run)  # type: ignore[method-assign,assignment]
             result = await _common.many_resources(factory, n, calls)
             rows.append(
                 [
