@@ -8,8 +8,15 @@ both and supplies only what differs:
 
 * ``BaseElection._campaign`` - wait until the backend makes us master;
 * ``BaseElection._release`` - give up our candidacy or term in the backend;
-* ``BaseElection.leader`` / ``BaseElection._leader_changes`` - who leads;
+* ``BaseElection._read_leader`` / ``BaseElection._leader_changes`` - who leads;
 * ``BaseFactory._create_election``, ``_open``, ``_renew``, ``_close_session``.
+
+Two promises are kept here once for every mechanism. *Nothing is left
+behind*: a release that fails is retried in the factory's nursery until the
+backend confirms it or the session ends, and a new campaign first removes
+whatever an earlier one may have left. *Only public errors*: whatever a
+mechanism or its client library raises reaches the caller as one of the
+classes in :mod:`election2.errors`.
 """
 
 from __future__ import annotations
@@ -17,20 +24,35 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 import trio
 
 from ._checks import check_instance_id, check_positive_seconds, check_resource_id, drift_margin
 from ._mastership import Mastership
-from .errors import ElectionClosedError, ElectionError, MechanismUnavailableError
+from .errors import (
+    ConfigurationError,
+    ElectionClosedError,
+    ElectionError,
+    InvalidResourceIdError,
+    MechanismUnavailableError,
+)
 
-__all__ = ["BaseElection", "BaseFactory", "Election", "Factory", "Renewal", "single_exception"]
+__all__ = [
+    "BaseElection",
+    "BaseFactory",
+    "Election",
+    "Factory",
+    "Renewal",
+    "public_errors",
+    "single_exception",
+]
 
 log = logging.getLogger("election2")
 
@@ -85,8 +107,14 @@ class BaseElection(ABC, Generic[FactoryT]):
         self._resource_id = resource_id
         self._mastership = Mastership()
         self._campaign_lock = trio.Lock()
+        self._release_lock = trio.Lock()
         self._pending: set[trio.CancelScope] = set()
         self._closed = False
+        #: The backend may hold a candidacy or term of ours: set when a
+        #: campaign starts, cleared only when a release is confirmed.
+        self._in_backend = False
+        #: The token of our latest term: the next one must be higher.
+        self._last_token: int | None = None
 
     # -- what a mechanism supplies -------------------------------------------
 
@@ -102,13 +130,15 @@ class BaseElection(ABC, Generic[FactoryT]):
     async def _release(self) -> None:
         """Remove this instance's candidacy and term from the backend.
 
-        Called with the term already ended locally. Idempotent; a no-op when
-        there is nothing to remove.
+        Called with the term already ended locally, never concurrently with
+        itself. Idempotent; a no-op when there is nothing to remove. Raises if
+        the backend did not confirm the removal: the core retries later, so
+        the mechanism must keep what it needs to try again.
         """
 
     @abstractmethod
-    async def leader(self) -> str | None:
-        """The current master's ``instance_id``, or ``None`` when nobody leads."""
+    async def _read_leader(self) -> str | None:
+        """The current master's ``instance_id``, or ``None``; a read, no writes."""
 
     @abstractmethod
     def _leader_changes(self) -> AbstractAsyncContextManager[AsyncIterator[str | None]]:
@@ -147,26 +177,39 @@ class BaseElection(ABC, Generic[FactoryT]):
             self._check_open()
             if self._mastership.held:
                 return
-            if self._mastership.granted:
-                # The local deadline passed without the backend saying so: we
-                # cannot tell whether the term survived, so start a fresh one.
-                self._mastership.end()
-                await self._release_shielded()
+            # The local deadline passed without the backend saying so: we cannot
+            # tell whether the term survived, so start a fresh one.
+            self._mastership.end()
+            if self._in_backend and not await self._release_now():
+                # An earlier candidacy may still be there: a campaign now could
+                # find it and reuse its term (and its fencing token).
+                raise MechanismUnavailableError(
+                    f"cannot campaign for {self._resource_id!r}: the previous candidacy "
+                    "is not released yet (retrying in the background)"
+                )
             with trio.CancelScope() as pending:
                 self._pending.add(pending)
+                self._in_backend = True
                 try:
-                    token, deadline = await self._campaign()
+                    with public_errors(f"campaign for {self._resource_id!r}"):
+                        token, deadline = await self._campaign()
                 except BaseException:
-                    # Cancelled or failed: withdraw the candidacy. Best effort:
-                    # if the backend is unreachable, the lease or TTL expires it.
-                    with contextlib.suppress(ElectionError):
-                        await self._release_shielded()
+                    # Cancelled or failed: withdraw the candidacy (retried in
+                    # the background if the backend cannot be reached now).
+                    await self._release_now()
                     raise
                 finally:
                     self._pending.discard(pending)
             if self._closed:
-                await self._release_shielded()
+                await self._release_now()
                 raise ElectionClosedError(f"election {self._resource_id!r} was closed")
+            if self._last_token is not None and token <= self._last_token:
+                await self._release_now()
+                raise MechanismUnavailableError(
+                    f"the backend granted {self._resource_id!r} with fencing token {token}, "
+                    f"not above the previous term's {self._last_token}: refused"
+                )
+            self._last_token = token
             self._mastership.begin(token, deadline)
 
     @asynccontextmanager
@@ -188,17 +231,21 @@ class BaseElection(ABC, Generic[FactoryT]):
 
         Idempotent; a no-op when not master. Open scopes are cancelled before
         the backend is told, so guarded work stops before a successor can start.
+        Shielded from the caller's cancellation (resign is often called from a
+        scope it just cancelled) and bounded by ``close_timeout``; if the backend
+        does not confirm the release in that time, it is retried in the
+        background until it does or the factory closes.
         """
         self._check_open()
         if not self._mastership.granted:
             return
         self._mastership.end()
-        # Shielded: resign is often called from inside a scope it just cancelled.
-        await self._release_shielded()
+        await self._release_now()
 
     async def close(self) -> None:
-        """Resign (best effort, shielded, bounded) and make further use raise
-        :class:`ElectionClosedError`. Idempotent."""
+        """Resign (shielded, bounded, retried in the background like
+        :meth:`resign`) and make further use raise :class:`ElectionClosedError`.
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -206,11 +253,19 @@ class BaseElection(ABC, Generic[FactoryT]):
             pending.cancel()
         self._mastership.end()
         try:
-            await self._release_shielded()
-        except ElectionError as exc:
-            log.warning("closing %r: could not release: %s", self._resource_id, exc)
+            if self._in_backend:
+                await self._release_now()
         finally:
             self._factory._forget(self)
+
+    async def leader(self) -> str | None:
+        """The current master's ``instance_id``, or ``None`` when nobody leads.
+
+        A read: it never writes to the backend.
+        """
+        self._check_open()
+        with public_errors(f"leader of {self._resource_id!r}"):
+            return await self._read_leader()
 
     @asynccontextmanager
     async def observe(self) -> AsyncIterator[AsyncIterator[str | None]]:
@@ -231,16 +286,36 @@ class BaseElection(ABC, Generic[FactoryT]):
     ) -> None:
         await self.close()
 
-    async def _release_shielded(self) -> None:
-        """:meth:`_release`, shielded from the caller's cancellation but bounded
-        by the factory's ``close_timeout``."""
+    async def _release_now(self, *, retrying: bool = False) -> bool:
+        """Release what the backend may hold of ours; True once it confirmed.
+
+        Shielded from the caller's cancellation but bounded by the factory's
+        ``close_timeout``. A release that fails is handed to the factory, which
+        retries it in the background (``retrying``: this is such a retry).
+        """
+        failure = f"no answer within {self._factory.close_timeout:g} s"
         with trio.move_on_after(self._factory.close_timeout) as bounded:
             bounded.shield = True
-            await self._release()
-        if bounded.cancelled_caught:
-            raise MechanismUnavailableError(
-                f"could not release {self._resource_id!r} within {self._factory.close_timeout:g} s"
+            async with self._release_lock:
+                if not self._in_backend:
+                    return True  # a concurrent release got there first
+                try:
+                    with public_errors(f"release of {self._resource_id!r}"):
+                        await self._release()
+                except ElectionError as exc:
+                    failure = str(exc)
+                else:
+                    self._in_backend = False
+                    return True
+        if not retrying:
+            log.warning(
+                "%s: could not release %r, retrying in the background: %s",
+                self.instance_id,
+                self._resource_id,
+                failure,
             )
+        self._factory._retry_release(self)
+        return False
 
     # -- used by factories -----------------------------------------------------
 
@@ -275,10 +350,37 @@ class _Distinct:
 
     async def __anext__(self) -> str | None:
         while True:
-            value = await self._source.__anext__()
+            with public_errors("observing the leader"):
+                value = await self._source.__anext__()
             if value != self._last:
                 self._last = value
                 return value
+
+
+_PUBLIC_ERRORS = (
+    ElectionClosedError,
+    MechanismUnavailableError,
+    InvalidResourceIdError,
+    ConfigurationError,
+)
+
+
+@contextlib.contextmanager
+def public_errors(what: str) -> Iterator[None]:
+    """Let only the classes of :mod:`election2.errors` out of a mechanism call.
+
+    A mechanism's own error class or a client library's exception becomes a
+    :class:`MechanismUnavailableError` that says ``what`` failed (the original
+    stays chained as its cause). Cancellation passes through untouched.
+    """
+    try:
+        yield
+    except (*_PUBLIC_ERRORS, StopAsyncIteration):
+        raise
+    except Exception as exc:
+        if type(exc) is ElectionError:
+            raise
+        raise MechanismUnavailableError(f"{what}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -340,6 +442,8 @@ class BaseFactory(ABC, Generic[ElectionT]):
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._renewing = trio.CancelScope()
+        #: Elections whose release is being retried in the background.
+        self._releasing: set[BaseElection[Any]] = set()
 
     @property
     def instance_id(self) -> str:
@@ -407,6 +511,28 @@ class BaseFactory(ABC, Generic[ElectionT]):
         if self._elections.get(election.resource_id) is election:
             del self._elections[election.resource_id]
 
+    def _retry_release(self, election: BaseElection[Any]) -> None:
+        """Retry ``election``'s release in the background until the backend
+        confirms it or the session ends (when the session's end removes it)."""
+        if election in self._releasing or self._nursery is None or self._closed:
+            return
+        self._releasing.add(election)
+        self._nursery.start_soon(self._release_until_confirmed, election)
+
+    async def _release_until_confirmed(self, election: BaseElection[Any]) -> None:
+        # Backing off, but never slower than a renewal: a record the instance
+        # no longer stands behind must go within a renewal interval of the
+        # backend being reachable again.
+        delay = self.retry_interval
+        try:
+            while election._in_backend:
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                if await election._release_now(retrying=True):
+                    log.info("%s: released %r", self._instance_id, election.resource_id)
+                delay = min(delay * 2, self.renew_interval)
+        finally:
+            self._releasing.discard(election)
+
     def _confirm(
         self, renewal_sent: float, held: list[ElectionT], renewal: Renewal[ElectionT]
     ) -> None:
@@ -431,7 +557,7 @@ class BaseFactory(ABC, Generic[ElectionT]):
             renewal_sent = trio.current_time()
             try:
                 # A renewal slower than the interval is as good as lost.
-                with trio.fail_after(self.renew_interval):
+                with trio.fail_after(self.renew_interval), public_errors("renewal"):
                     renewal = await self._renew(held)
             except (ElectionError, trio.TooSlowError) as exc:
                 # Unreachable, or an error answer: either way nothing was
@@ -449,7 +575,8 @@ class BaseFactory(ABC, Generic[ElectionT]):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    await self._open()
+                    with public_errors(f"opening {self._instance_id!r}"):
+                        await self._open()
                     nursery.start_soon(self._renew_loop)
                     yield self
                 finally:

@@ -150,6 +150,10 @@ class MemoryBackend:
         self._lease_expiry[instance_id] = trio.current_time() + self.ttl
         return alive
 
+    def _has_lease(self, instance_id: str) -> bool:
+        self._expire_leases()
+        return instance_id in self._lease_expiry
+
     def _revoke(self, instance_id: str) -> None:
         self._lease_expiry.pop(instance_id, None)
         for resource_id in list(self._queues):
@@ -204,9 +208,14 @@ class MemoryBackend:
         queue = self._queues.get(resource_id, ())
         return min((self._lease_expiry.get(i, math.inf) for i in queue), default=math.inf)
 
-    async def _wait_for_change(self, resource_id: str) -> None:
-        """Sleep until the resource's queue changes or a queued lease expires."""
-        event = self._changed.setdefault(resource_id, trio.Event())
+    def _change_of(self, resource_id: str) -> trio.Event:
+        """An event set at the resource's next change (take it before looking)."""
+        return self._changed.setdefault(resource_id, trio.Event())
+
+    async def _wait_for_change(self, resource_id: str, change: trio.Event | None = None) -> None:
+        """Sleep until the resource's queue changes (``change`` is set) or a
+        queued lease expires."""
+        event = self._change_of(resource_id) if change is None else change
         with trio.move_on_at(self._next_expiry(resource_id)):
             await event.wait()
         self._expire_leases()
@@ -224,7 +233,7 @@ class MemoryElection(BaseElection["MemoryFactory"]):
         backend = self._factory.backend
         while True:
             await trio.lowlevel.checkpoint()
-            if self.instance_id not in backend._lease_expiry:
+            if not backend._has_lease(self.instance_id):
                 self._factory._grant()
             backend._enqueue(self.resource_id, self.instance_id)
             term = backend._term(self.resource_id)
@@ -238,8 +247,7 @@ class MemoryElection(BaseElection["MemoryFactory"]):
         backend._check_reachable(self.instance_id)
         backend._withdraw(self.resource_id, self.instance_id)
 
-    async def leader(self) -> str | None:
-        self._check_open()
+    async def _read_leader(self) -> str | None:
         await trio.lowlevel.checkpoint()
         self._factory.backend._check_reachable(self.instance_id)
         return self._factory.backend.current_leader(self.resource_id)
@@ -252,8 +260,11 @@ class MemoryElection(BaseElection["MemoryFactory"]):
         backend = self._factory.backend
         while True:
             backend._check_reachable(self.instance_id)
+            # Taken before yielding: a change while the consumer is busy still
+            # wakes the next wait (coalesced, never missed).
+            change = backend._change_of(self.resource_id)
             yield backend.current_leader(self.resource_id)
-            await backend._wait_for_change(self.resource_id)
+            await backend._wait_for_change(self.resource_id, change)
 
 
 class MemoryFactory(BaseFactory[MemoryElection]):
