@@ -56,14 +56,24 @@ class TxnBatcher:
         return submission.responses, submission.revision
 
     async def run(self) -> None:
-        """Send batches until cancelled (a task in the factory's nursery)."""
-        async for first in self._receive:
+        """Send batches until cancelled (a task in the factory's nursery).
+
+        A batch never exceeds ``max_ops``: a submission that does not fit
+        waits for the next one (etcd refuses a larger transaction whole).
+        """
+        held_over: _Submission | None = None
+        while True:
+            first = held_over if held_over is not None else await self._receive.receive()
+            held_over = None
             batch = [first]
             count = len(first.ops)
             while count < self._max_ops:
                 try:
                     submission = self._receive.receive_nowait()
                 except trio.WouldBlock:
+                    break
+                if count + len(submission.ops) > self._max_ops:
+                    held_over = submission
                     break
                 batch.append(submission)
                 count += len(submission.ops)

@@ -12,26 +12,46 @@ is the key's create revision.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
-from ..._election import BaseElection, BaseFactory, Renewal
+from ..._election import BaseElection, BaseFactory, Renewal, single_exception
 from ...errors import ConfigurationError, MechanismUnavailableError
 from ._batch import TxnBatcher
 from ._client import EtcdClient, EtcdError, KeyValue, b64, kvs_of, range_request
 
 __all__ = ["EtcdElection", "EtcdFactory"]
 
+log = logging.getLogger("election2.etcd")
+
+#: etcd's default limit of operations per transaction (``--max-txn-ops``).
+MAX_TXN_OPS = 128
+
+
+def _lease_not_found(error: EtcdError) -> bool:
+    return "lease not found" in str(error)
+
 
 @dataclass
 class _Candidacy:
+    """Our key for one campaign: identified by name AND create revision, since
+    a later campaign on the same lease reuses the name."""
+
     key: str
+    #: 0 while the put is in flight (the key may or may not exist yet).
     create_revision: int
     lease_id: int
+
+    def deleted_by(self, revision: int) -> bool:
+        """Whether a deletion at ``revision`` removed this candidacy's key
+        (not an earlier key of the same name)."""
+        return 0 < self.create_revision < revision
 
 
 class _ResourceView:
@@ -90,7 +110,7 @@ class EtcdElection(BaseElection["EtcdFactory"]):
             predecessors, ours = (kvs_of(response) for response in responses)
             if predecessors:
                 # The watch wakes us; the timeout covers a watch that is reconnecting.
-                with trio.move_on_after(self._factory.renew_interval):
+                with trio.move_on_after(self._factory.renew_interval), self._factory._watching():
                     await changed.wait()
                 if self._first_in_view(candidacy):
                     break
@@ -109,7 +129,7 @@ class EtcdElection(BaseElection["EtcdFactory"]):
         fast path of a handover.
         """
         view = self._factory._view(self.resource_id)
-        if not view.keys:
+        if not view.keys or candidacy.lease_id != self._factory.lease_id:
             return False
         first = min(view.keys.values(), key=lambda kv: kv.create_revision)
         return first.key == candidacy.key and first.create_revision == candidacy.create_revision
@@ -117,49 +137,59 @@ class EtcdElection(BaseElection["EtcdFactory"]):
     async def _stand(self) -> _Candidacy:
         """Put our key on the factory's lease, or find the one we put before."""
         factory = self._factory
-        lease_id = await factory._current_lease()
-        if self._candidacy is not None and self._candidacy.lease_id == lease_id:
+        while True:
+            lease_id = await factory._current_lease()
+            candidacy = self._candidacy
+            if (
+                candidacy is not None
+                and candidacy.lease_id == lease_id
+                and candidacy.create_revision
+            ):
+                return candidacy
+            key = f"{self.election_prefix}/{lease_id:x}"
+            if self._candidacy is not None and self._candidacy.key != key:
+                self._forget_candidacy()  # on a lease that is gone, with its key
+            # Recorded before the put: if its answer is lost, the key may exist
+            # all the same, and a release must still delete it (by name).
+            self._candidacy = _Candidacy(key, 0, lease_id)
+            factory._candidacies[key] = self
+            # The key carries our lease's id, so nobody else writes it: a plain put
+            # (batched with other campaigns') is safe; its create revision is the
+            # put's revision, or the earlier one if the key was already there.
+            put = {"key": b64(key), "value": b64(self.instance_id), "lease": str(lease_id)}
+            try:
+                (response,), revision = await factory.batcher.submit(
+                    [{"request_put": {**put, "prev_kv": True}}]
+                )
+            except EtcdError as exc:
+                if not _lease_not_found(exc):
+                    raise
+                # The lease expired in an outage the renewals have not noticed
+                # yet: every key on it is gone. Take a new lease and stand again.
+                factory._lease_lost(lease_id)
+                continue
+            previous = response.get("response_put", {}).get("prev_kv")
+            if previous is not None:
+                revision = int(previous["create_revision"])
+            self._candidacy = _Candidacy(key, revision, lease_id)
             return self._candidacy
-        key = f"{self.election_prefix}/{lease_id:x}"
-        # The key carries our lease's id, so nobody else writes it: a plain put
-        # (batched with other campaigns') is safe; its create revision is the
-        # put's revision, or the earlier one if the key was already there.
-        put = {"key": b64(key), "value": b64(self.instance_id), "lease": str(lease_id)}
-        (response,), revision = await factory.batcher.submit(
-            [{"request_put": {**put, "prev_kv": True}}]
-        )
-        previous = response.get("response_put", {}).get("prev_kv")
-        if previous is not None:
-            revision = int(previous["create_revision"])
-        self._candidacy = _Candidacy(key, revision, lease_id)
-        factory._candidacies[key] = self
-        return self._candidacy
 
     async def _release(self) -> None:
         candidacy = self._candidacy
         if candidacy is None:
             return
-        # Delete only our own key of that term (guarded by its create revision).
-        await self._factory.client.txn(
-            compare=[
-                {
-                    "key": b64(candidacy.key),
-                    "target": "CREATE",
-                    "create_revision": str(candidacy.create_revision),
-                }
-            ],
-            success=[{"request_delete_range": {"key": b64(candidacy.key)}}],
-            failure=[],
-        )
-        self._forget_candidacy()
+        # By name: the key carries our lease id, so it is ours whatever its
+        # revision (a put whose answer was lost has none on record).
+        await self._factory.client.delete(candidacy.key)
+        if self._candidacy is candidacy:
+            self._forget_candidacy()
 
     def _forget_candidacy(self) -> None:
         if self._candidacy is not None:
             self._factory._candidacies.pop(self._candidacy.key, None)
         self._candidacy = None
 
-    async def leader(self) -> str | None:
-        self._check_open()
+    async def _read_leader(self) -> str | None:
         kvs, _ = await self._factory.client.range_prefix(
             self.election_prefix + "/", sort_order="ASCEND", sort_target="CREATE", limit=1
         )
@@ -170,11 +200,14 @@ class EtcdElection(BaseElection["EtcdFactory"]):
         yield self._follow_leader()
 
     async def _follow_leader(self) -> AsyncIterator[str | None]:
-        view = self._factory._view(self.resource_id)
-        while True:
-            yield view.leader
-            await view.changed.wait()
-            view = self._factory._view(self.resource_id)
+        with self._factory._watching():
+            while True:
+                view = self._factory._view(self.resource_id)
+                # Taken before yielding: a change while the consumer is busy still
+                # wakes the next wait (coalesced, never missed).
+                changed = view.changed
+                yield view.leader
+                await changed.wait()
 
     def fencing_guard(self) -> dict[str, str] | None:
         """An etcd compare that holds only while the current term lasts.
@@ -215,7 +248,15 @@ class EtcdElection(BaseElection["EtcdFactory"]):
 
 
 class EtcdFactory(BaseFactory[EtcdElection]):
-    """One instance on etcd: a lease shared by its elections and one watch."""
+    """One instance on etcd: a lease shared by its elections and one watch.
+
+    The watch keeps a mirror of every key under the prefix; elections wait and
+    observe through it. Safety does not depend on it: each renewal verifies the
+    held keys by create revision, and checks the mirror against the server (a
+    count of the keys, and of those changed since the watch's last event), so
+    a watch whose connection went silent is re-established and re-synced
+    within two renewal intervals of the first change it missed.
+    """
 
     def __init__(
         self,
@@ -228,15 +269,35 @@ class EtcdFactory(BaseFactory[EtcdElection]):
     ) -> None:
         super().__init__(instance_id=instance_id, ttl=ttl, close_timeout=close_timeout)
         self.client = client
-        self.batcher = TxnBatcher(client)
+        self.batcher = TxnBatcher(client, max_ops=MAX_TXN_OPS)
         self.prefix = prefix
         self.lease_id: int | None = None
+        self._lease_lock = trio.Lock()
         self._views: dict[str, _ResourceView] = {}
         self._candidacies: dict[str, EtcdElection] = {}
-        self._synced = trio.Event()
+        # The mirror: keys under the prefix outside any resource (counted
+        # only), how many keys it holds, and the revision it is complete up to.
+        self._other_keys: dict[str, KeyValue] = {}
+        self._mirrored = 0
+        self._watched_revision = 0
+        #: The watch's revision when a renewal first found the mirror behind.
+        self._lagging_at: int | None = None
+        #: Observers and waiting campaigns: while there are any, renewals
+        #: check that the watch is not silent.
+        self._watchers = 0
+        self._watch_connection = trio.CancelScope()
 
     def _create_election(self, resource_id: str) -> EtcdElection:
         return EtcdElection(self, resource_id)
+
+    @contextlib.contextmanager
+    def _watching(self) -> Iterator[None]:
+        """Count a task that relies on the watch for as long as it does."""
+        self._watchers += 1
+        try:
+            yield
+        finally:
+            self._watchers -= 1
 
     def _view(self, resource_id: str) -> _ResourceView:
         view = self._views.get(resource_id)
@@ -260,9 +321,22 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         return lease_id
 
     async def _current_lease(self) -> int:
-        if self.lease_id is None:
-            return await self._grant()
-        return self.lease_id
+        """The factory's lease; granted first if there is none (one grant for
+        all the campaigns that find it missing at once)."""
+        async with self._lease_lock:
+            if self.lease_id is None:
+                return await self._grant()
+            return self.lease_id
+
+    def _lease_lost(self, lease_id: int) -> None:
+        """etcd no longer has ``lease_id``: every key on it is gone, and so is
+        every term and candidacy on it. The next campaign takes a new lease."""
+        if self.lease_id != lease_id:
+            return  # already replaced
+        self.lease_id = None
+        for election in list(self._candidacies.values()):
+            if election._candidacy is not None and election._candidacy.lease_id == lease_id:
+                self._candidacy_deleted(election)
 
     async def _open(self) -> None:
         await self._grant()
@@ -271,19 +345,109 @@ class EtcdFactory(BaseFactory[EtcdElection]):
 
     async def _renew(self, held: list[EtcdElection]) -> Renewal[EtcdElection]:
         lease_id = await self._current_lease()
-        if await self.client.lease_keep_alive(lease_id) <= 0:
-            # The lease expired (an outage longer than the TTL): every key on it
-            # is gone. Start a new lease so elections can campaign again.
-            self.lease_id = None
-            for election in list(self._candidacies.values()):
-                election._forget_candidacy()
-            await self._grant()
+        ttl_left = 0
+        gone: set[EtcdElection] = set()
+
+        async def keep_alive() -> None:
+            nonlocal ttl_left
+            ttl_left = await self.client.lease_keep_alive(lease_id)
+
+        async def verify() -> None:
+            gone.update(await self._verify(held))
+
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_alive)
+                nursery.start_soon(verify)
+        if ttl_left <= 0:
+            # The lease expired (an outage longer than the TTL). Take a new
+            # one now so elections can campaign again.
+            self._lease_lost(lease_id)
+            await self._current_lease()
             return Renewal(refused=frozenset(held))
         return Renewal(
             refused=frozenset(
-                e for e in held if e._candidacy is None or e._candidacy.lease_id != lease_id
+                e
+                for e in held
+                if e in gone or e._candidacy is None or e._candidacy.lease_id != lease_id
             )
         )
+
+    async def _verify(self, held: list[EtcdElection]) -> set[EtcdElection]:
+        """The held terms whose key is gone or was put anew since the term
+        began (compared by create revision); checks the watch's mirror too."""
+        checked = [
+            (election, candidacy)
+            for election in held
+            if (candidacy := election._candidacy) is not None and candidacy.create_revision
+        ]
+        watched, mirrored = self._watched_revision, self._mirrored
+        # Is the mirror complete? Same key count, and no key put since the
+        # watch's last event. (etcd's count ignores revision filters, hence a
+        # one-key read; it scans the prefix, so only when someone relies on the
+        # watch: an observer or a waiting campaign.)
+        counts = (
+            [
+                {"request_range": range_request(self.prefix + "/", count_only=True)},
+                {
+                    "request_range": range_request(
+                        self.prefix + "/", keys_only=True, min_mod_revision=watched + 1, limit=1
+                    )
+                },
+            ]
+            if self._watchers
+            else []
+        )
+        gone: set[EtcdElection] = set()
+        for start in range(0, max(len(checked), 1), MAX_TXN_OPS - len(counts)):
+            chunk = checked[start : start + MAX_TXN_OPS - len(counts)]
+            extra = counts if start == 0 else []
+            # One round trip: the compares hold for all (the usual case), or
+            # the failure branch reads each key to tell which one broke.
+            answer = await self.client.txn(
+                [
+                    {
+                        "key": b64(c.key),
+                        "target": "CREATE",
+                        "create_revision": str(c.create_revision),
+                    }
+                    for _, c in chunk
+                ],
+                extra,
+                [{"request_range": {"key": b64(c.key), "keys_only": True}} for _, c in chunk]
+                + extra,
+            )
+            responses = answer.get("responses", [])
+            if not answer.get("succeeded"):
+                for (election, candidacy), response in zip(chunk, responses, strict=False):
+                    kvs = kvs_of(response)
+                    if not kvs or kvs[0].create_revision != candidacy.create_revision:
+                        gone.add(election)
+                responses = responses[len(chunk) :]
+            if extra:
+                total, newer = (response.get("response_range", {}) for response in responses)
+                behind = int(total.get("count", 0)) != mirrored or bool(newer.get("kvs"))
+                self._check_watch(watched, behind=behind)
+        if not counts:
+            self._lagging_at = None
+        return gone
+
+    def _check_watch(self, watched: int, *, behind: bool) -> None:
+        """Re-establish a watch that, for a whole renewal interval, has not
+        delivered a change the server has (its connection went silent)."""
+        if not behind:
+            self._lagging_at = None
+        elif self._lagging_at is not None and self._watched_revision == self._lagging_at:
+            log.warning(
+                "%s: the watch on %r missed changes for %.1f s; re-syncing",
+                self.instance_id,
+                self.prefix,
+                self.renew_interval,
+            )
+            self._lagging_at = None
+            self._watch_connection.cancel()
+        else:
+            self._lagging_at = watched
 
     async def _close_session(self) -> None:
         try:
@@ -297,37 +461,55 @@ class EtcdFactory(BaseFactory[EtcdElection]):
     # -- the watch ------------------------------------------------------------
 
     async def _watch_forever(self, task_status: trio.TaskStatus[None]) -> None:
-        """Mirror every candidacy key under the prefix; re-sync after failures."""
-        started = False
+        """Mirror every key under the prefix; re-sync after failures or when a
+        renewal found the watch silent."""
+        revision = await self._sync()
+        task_status.started()
+        while True:
+            with trio.CancelScope() as self._watch_connection:
+                with contextlib.suppress(MechanismUnavailableError, EtcdError):
+                    async with self.client.watch_prefix(self.prefix + "/", revision + 1) as results:
+                        async for result in results:
+                            self._apply(result.get("events", []))
+            if not self._watch_connection.cancelled_caught:
+                await trio.sleep(self.retry_interval)  # not a tight loop while unreachable
+            revision = await self._resync()
+
+    async def _resync(self) -> int:
         while True:
             try:
-                revision = await self._sync()
-                if not started:
-                    task_status.started()
-                    started = True
-                async with self.client.watch_prefix(self.prefix + "/", revision + 1) as results:
-                    async for result in results:
-                        self._apply(result.get("events", []))
+                return await self._sync()
             except (MechanismUnavailableError, EtcdError):
-                if not started:
-                    raise
-            await trio.sleep(self.retry_interval)
+                await trio.sleep(self.retry_interval)
 
     async def _sync(self) -> int:
+        """Rebuild the mirror from one read of the prefix; its revision."""
         kvs, revision = await self.client.range_prefix(self.prefix + "/")
         fresh: dict[str, dict[str, KeyValue]] = {}
+        self._other_keys = {}
         for kv in kvs:
             resource_id = self._resource_of(kv.key)
-            if resource_id is not None:
+            if resource_id is None:
+                self._other_keys[kv.key] = kv
+            else:
                 fresh.setdefault(resource_id, {})[kv.key] = kv
+        self._mirrored = len(kvs)
+        self._watched_revision = revision
+        self._lagging_at = None
         for resource_id in set(self._views) | set(fresh):
             view = self._view(resource_id)
             view.keys = fresh.get(resource_id, {})
             view.notify()
-        # A candidacy whose key vanished while we were not watching is over.
-        present = {kv.key for kv in kvs}
+        # A candidacy whose key vanished while we were not watching is over;
+        # one put after the read was answered is not.
+        present = {kv.key: kv.create_revision for kv in kvs}
         for key, election in list(self._candidacies.items()):
-            if key not in present:
+            candidacy = election._candidacy
+            if (
+                candidacy is not None
+                and present.get(key) != candidacy.create_revision
+                and candidacy.deleted_by(revision + 1)
+            ):
                 self._candidacy_deleted(election)
         return revision
 
@@ -335,18 +517,23 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         touched: set[str] = set()
         for event in events:
             kv = KeyValue.from_json(event["kv"])  # type: ignore[arg-type]
+            self._watched_revision = max(self._watched_revision, kv.mod_revision)
             resource_id = self._resource_of(kv.key)
-            if resource_id is None:
-                continue
-            view = self._view(resource_id)
+            keys = self._other_keys if resource_id is None else self._view(resource_id).keys
             if event.get("type") == "DELETE":
-                view.keys.pop(kv.key, None)
+                if keys.pop(kv.key, None) is not None:
+                    self._mirrored -= 1
                 election = self._candidacies.get(kv.key)
-                if election is not None:
+                candidacy = election._candidacy if election is not None else None
+                # A late event about an earlier key of the same name is ignored.
+                if election is not None and candidacy and candidacy.deleted_by(kv.mod_revision):
                     self._candidacy_deleted(election)
             else:
-                view.keys[kv.key] = kv
-            touched.add(resource_id)
+                if kv.key not in keys:
+                    self._mirrored += 1
+                keys[kv.key] = kv
+            if resource_id is not None:
+                touched.add(resource_id)
         for resource_id in touched:
             self._view(resource_id).notify()
 
