@@ -11,6 +11,8 @@ to (one proxy per instance and node) and break that path alone:
   stream does: the connections open now never carry another byte (not even
   after :meth:`forward`), while new connections work;
 * :meth:`reset` - every open connection is closed with a TCP reset;
+* :meth:`refuse` - a server that is down: open connections are reset and new
+  ones closed at once, so clients fail fast instead of timing out;
 * :meth:`delay` - each chunk is held for that long before it is passed on.
 
 The proxy runs in the test's own trio nursery (``await nursery.start(proxy.run)``),
@@ -29,6 +31,11 @@ import trio
 __all__ = ["FaultProxy", "proxies"]
 
 
+def _reset_on_close(stream: trio.SocketStream) -> None:
+    """Linger 0: closing the socket sends RST instead of FIN."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 class _Link:
     """One proxied connection: the client's stream and the server's."""
 
@@ -39,9 +46,8 @@ class _Link:
         self.scope = trio.CancelScope()
 
     def reset(self) -> None:
-        for stream in (self.client, self.server):
-            # Linger 0: close() sends RST instead of FIN.
-            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        _reset_on_close(self.client)
+        _reset_on_close(self.server)
         self.scope.cancel()
 
 
@@ -55,6 +61,7 @@ class FaultProxy:
         self.port = 0
         self.delay_seconds = 0.0
         self._links: set[_Link] = set()
+        self._refusing = False
         self._flowing = trio.Event()
         self._flowing.set()
 
@@ -73,7 +80,13 @@ class FaultProxy:
     def forward(self) -> None:
         """Heal: forward again (silenced connections stay silent)."""
         self.delay_seconds = 0.0
+        self._refusing = False
         self._flowing.set()
+
+    def refuse(self) -> None:
+        """Reset open connections and close new ones at once until :meth:`forward`."""
+        self._refusing = True
+        self.reset()
 
     def blackhole(self) -> None:
         """Forward nothing on any connection, open or new, until :meth:`forward`."""
@@ -111,6 +124,10 @@ class FaultProxy:
                 nursery.cancel_scope.cancel()
 
     async def _serve(self, client: trio.SocketStream) -> None:
+        if self._refusing:
+            _reset_on_close(client)
+            await client.aclose()
+            return
         async with client:
             await self._flowing.wait()  # a blackholed proxy answers no new connection either
             try:

@@ -108,3 +108,16 @@ async def test_delay_adds_latency() -> None:
         started = trio.current_time()
         await roundtrip(stream)
         assert trio.current_time() - started < 0.1
+
+
+async def test_refuse_fails_new_connections_fast_until_forward() -> None:
+    async with echo_server() as target, proxies([target]) as (proxy,):
+        proxy.refuse()
+        stream = await connect(proxy)
+        with trio.fail_after(1), pytest.raises(trio.BrokenResourceError):
+            await stream.send_all(b"x")
+            if not await stream.receive_some(100):
+                raise trio.BrokenResourceError("closed")
+        proxy.forward()
+        with trio.fail_after(1):
+            assert await roundtrip(await connect(proxy)) == b"ping"
