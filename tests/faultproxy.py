@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
-__all__ = ["FaultProxy", "proxies"]
+import election2
+from election2 import Factory
+
+__all__ = ["FaultProxy", "ProxiedFactories", "proxies"]
 
 
 def _reset_on_close(stream: trio.SocketStream) -> None:
@@ -186,3 +189,34 @@ async def proxies(targets: Sequence[str]) -> AsyncIterator[list[FaultProxy]]:
             yield started
         finally:
             nursery.cancel_scope.cancel()
+
+
+class ProxiedFactories:
+    """Factories that each reach the backend through fault proxies of their own.
+
+    ``url_of(endpoints)`` makes the URL for a list of ``host:port``; every
+    factory opened by :meth:`open` gets one proxy per server in ``servers``, so
+    one instance can be cut off while the others carry on.
+    """
+
+    def __init__(self, servers: Sequence[str], url_of: Callable[[list[str]], str]) -> None:
+        self.servers = list(servers)
+        self.url_of = url_of
+        self.proxies: dict[str, list[FaultProxy]] = {}
+
+    @asynccontextmanager
+    async def open(self, instance_id: str) -> AsyncIterator[Factory]:
+        async with proxies(self.servers) as own:
+            self.proxies[instance_id] = own
+            url = self.url_of([proxy.endpoint for proxy in own])
+            async with election2.open_factory(url, instance_id=instance_id) as factory:
+                yield factory
+
+    def cut_off(self, instance_id: str) -> None:
+        """The backend refuses ``instance_id``'s connections (fail fast)."""
+        for proxy in self.proxies[instance_id]:
+            proxy.refuse()
+
+    def reconnect(self, instance_id: str) -> None:
+        for proxy in self.proxies[instance_id]:
+            proxy.forward()

@@ -28,3 +28,9 @@ class TestMemoryConformance(ElectionConformance):
         assert isinstance(factory, MemoryFactory)
         # An operator deletes the candidacy; the next renewal finds the term gone.
         self.backend._withdraw(election.resource_id, factory.instance_id)
+
+    async def cut_off(self, factory: Factory) -> None:
+        self.backend.partition(factory.instance_id)
+
+    async def reconnect(self, factory: Factory) -> None:
+        self.backend.heal(factory.instance_id)

@@ -17,6 +17,12 @@ back, and pytest (with pytest-trio in ``trio_mode``) runs every check::
         async def force_loss(self, factory, election):
             await my_server.delete_key_of(election)
 
+        async def cut_off(self, factory):       # the backend is down for factory:
+            ...                                 # its calls fail fast (refused)
+
+        async def reconnect(self, factory):
+            ...
+
 Time bounds are expressed in TTLs, so the suite runs unchanged on a real
 backend and, for the memory mechanism, under ``MockClock(autojump_threshold=0)``.
 The checks are those of Trillian's ``election2/testonly`` plus the ones it lacks:
@@ -35,7 +41,12 @@ import pytest
 import trio
 
 from .._election import Election, Factory
-from ..errors import ElectionClosedError, ElectionError, InvalidResourceIdError
+from ..errors import (
+    ElectionClosedError,
+    ElectionError,
+    InvalidResourceIdError,
+    MechanismUnavailableError,
+)
 from .faults import FaultyElection, Method
 
 __all__ = ["ElectionConformance"]
@@ -72,6 +83,15 @@ class ElectionConformance:
 
     async def force_loss(self, factory: Factory, election: Election) -> None:
         """End ``election``'s term in the backend without telling it."""
+        raise NotImplementedError
+
+    async def cut_off(self, factory: Factory) -> None:
+        """Make the backend unreachable from ``factory`` (its calls fail fast,
+        as when the server refuses connections) until :meth:`reconnect`."""
+        raise NotImplementedError
+
+    async def reconnect(self, factory: Factory) -> None:
+        """Undo :meth:`cut_off`."""
         raise NotImplementedError
 
     # -- helpers ----------------------------------------------------------------------
@@ -453,6 +473,25 @@ class ElectionConformance:
                 await election.resign()
             assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
 
+    async def test_tokens_of_one_instance_strictly_increase(self) -> None:
+        """Across resigns and losses alike, no term of an instance reuses a token."""
+        async with self.factories("a") as (fa,):
+            election = await fa.new_election("res")
+            tokens: list[int] = []
+            for round_number in range(4):
+                await election.await_mastership()
+                assert election.fencing_token is not None
+                tokens.append(election.fencing_token)
+                if round_number % 2:
+                    await election.resign()
+                else:
+                    async with election.with_mastership() as scope:
+                        await self.force_loss(fa, election)
+                        with trio.fail_after(self.ttl):
+                            await trio.sleep_forever()
+                    assert scope.cancelled_caught
+            assert all(x < y for x, y in itertools.pairwise(tokens)), tokens
+
     async def test_never_two_masters(self) -> None:
         """Three instances contend; guarded intervals never overlap."""
         intervals: list[tuple[float, float, int]] = []
@@ -526,12 +565,102 @@ class ElectionConformance:
             assert all(x != y for x, y in itertools.pairwise(seen))
             await eb.resign()
 
+    async def test_observe_is_never_stale(self) -> None:
+        """A consumer busy between iterations may miss intermediate values, but
+        the next value after a change is at least as new as that change."""
+        async with self.factories("a", "b") as (fa, fb):
+            ea, eb = await fa.new_election("res"), await fb.new_election("res")
+            async with eb.observe() as changes:
+                with trio.fail_after(self._handover_limit):
+                    assert await changes.__anext__() is None
+                await ea.await_mastership()
+                await trio.sleep(self.ttl / 10)  # busy while the change happens
+                with trio.fail_after(self._handover_limit):
+                    assert await changes.__anext__() == "a"
+                await ea.resign()
+                await eb.await_mastership()
+                await trio.sleep(self.ttl / 10)
+                with trio.fail_after(self._handover_limit):
+                    latest = await changes.__anext__()
+                    while latest is None:  # a -> None -> b where the key is free a moment
+                        latest = await changes.__anext__()
+                assert latest == "b"
+
     async def test_observe_starts_with_none_when_nobody_leads(self) -> None:
         async with self.factories("a") as (fa,):
             election = await fa.new_election("res")
             async with election.observe() as changes:
                 with trio.fail_after(self.ttl):
                     assert await changes.__anext__() is None
+
+    # -- nothing left behind -------------------------------------------------------
+
+    async def test_failed_release_is_retried_until_confirmed(self) -> None:
+        """A resign the backend never heard of is retried once it is reachable:
+        the waiting instance takes over within a renewal interval, while the
+        resigned instance's session (its other term) lives on."""
+        async with self.factories("a", "b") as (fa, fb):
+            ea, eb = await fa.new_election("res"), await fb.new_election("res")
+            keeper = await fa.new_election("keeper")
+            await ea.await_mastership()
+            await keeper.await_mastership()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(eb.await_mastership)
+                await trio.sleep(self.ttl / 20)
+                await self.cut_off(fa)
+                with trio.fail_after(self.ttl / 2):
+                    await ea.resign()  # the term ends locally; the release fails
+                assert not ea.is_master
+                await trio.sleep(self.ttl / 20)
+                await self.reconnect(fa)
+                reconnected = trio.current_time()
+                with trio.fail_after(self.ttl):
+                    while not eb.is_master:
+                        await trio.sleep(self.ttl / 100)
+            took = trio.current_time() - reconnected
+            assert took < self.ttl / 3 + self._handover_limit, took
+            assert keeper.is_master  # a's lease never lapsed: the retry did it
+
+    async def test_withdrawal_of_a_cancelled_campaign_is_retried(self) -> None:
+        async with self.factories("a", "b", "c") as (fa, fb, fc):
+            ea, eb = await fa.new_election("res"), await fb.new_election("res")
+            ec = await fc.new_election("res")
+            await ea.await_mastership()
+            with trio.move_on_after(self.ttl / 10):
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(eb.await_mastership)  # queued behind a
+                        await trio.sleep(self.ttl / 20)
+                        await self.cut_off(fb)  # then cancelled (or failed) while cut off
+                except* MechanismUnavailableError:
+                    pass
+            await self.reconnect(fb)
+            await trio.sleep(self.ttl / 3 + self._handover_limit)
+            # b's candidacy is gone: when a resigns, nobody but a waiting c leads.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ec.await_mastership)
+                await trio.sleep(self.ttl / 20)
+                await ea.resign()
+                with trio.fail_after(self._handover_limit):
+                    while not ec.is_master:
+                        await trio.sleep(self.ttl / 100)
+            assert await ea.leader() == "c"
+            assert not eb.is_master
+
+    async def test_unreachable_backend_raises_mechanism_unavailable(self) -> None:
+        async with self.factories("a", "b") as (fa, fb):
+            ea, eb = await fa.new_election("res"), await fb.new_election("res")
+            await eb.await_mastership()
+            await self.cut_off(fa)
+            try:
+                for call in (ea.leader, ea.await_mastership):
+                    with trio.fail_after(self.ttl * 2), pytest.raises(MechanismUnavailableError):
+                        await call()
+            finally:
+                await self.reconnect(fa)
+            assert not ea.is_master
+            with trio.fail_after(self.ttl):
+                assert await ea.leader() == "b"
 
     # -- bad input ----------------------------------------------------------------
 
