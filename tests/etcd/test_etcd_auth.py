@@ -11,7 +11,8 @@ import pytest
 import trio
 
 import election2
-from election2.mechanisms.etcd import EtcdError, EtcdFactory
+from election2 import ConfigurationError
+from election2.mechanisms.etcd import EtcdFactory
 from tests.etcd.conftest import EtcdMember, _start_cluster
 from tests.servers import killed_after, require_binary
 
@@ -40,7 +41,15 @@ async def test_password_auth_and_token_renewal(etcd_with_auth: EtcdMember, prefi
         election = await factory.new_election("job")
         await election.await_mastership()
         first_token = factory.client._token
-        await trio.sleep(3)  # simple tokens live 1 s here: renewals re-authenticate
+        # Setting the password (to the same value) invalidates the user's
+        # tokens at once: the renewals must authenticate again.
+        subprocess.run(
+            [require_binary("etcdctl"), f"--endpoints={etcd_with_auth.endpoint}",
+             "--user", "root:rootpw", "user", "passwd", "app", "--interactive=false"],
+            input=b"s3cret\n", env={**os.environ, "ETCDCTL_API": "3"}, check=True,
+            capture_output=True,
+        )  # fmt: skip
+        await trio.sleep(3)
         assert election.is_master
         assert await election.leader() == "a"
         assert factory.client._token != first_token
@@ -48,7 +57,7 @@ async def test_password_auth_and_token_renewal(etcd_with_auth: EtcdMember, prefi
 
 async def test_wrong_password_is_a_clear_error(etcd_with_auth: EtcdMember, prefix: str) -> None:
     url = f"etcd://app:wrong@{etcd_with_auth.endpoint}/{prefix}?ttl=3"
-    with pytest.raises(EtcdError, match="'app'") as caught:
+    with pytest.raises(ConfigurationError, match="'app'") as caught:
         async with election2.open_factory(url, instance_id="a"):
             pass
     assert "wrong" not in str(caught.value)

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import trio
 
-from ...errors import ElectionError, MechanismUnavailableError
+from ...errors import ConfigurationError, ElectionError, MechanismUnavailableError
 
 __all__ = ["EtcdClient", "EtcdError", "KeyValue", "b64", "unb64"]
 
@@ -135,7 +135,9 @@ class EtcdClient:
         )
         body = answer.json()
         if answer.status_code != 200 or "token" not in body:
-            raise EtcdError(f"etcd {base}: authentication as {self._username!r} failed: {body}")
+            raise ConfigurationError(
+                f"etcd {base}: authentication as {self._username!r} failed: {body}"
+            )
         self._token = body["token"]
 
     def _headers(self) -> dict[str, str]:
@@ -144,25 +146,38 @@ class EtcdClient:
     async def call(self, path: str, body: Json) -> Json:
         """POST ``body`` to ``path``, failing over between endpoints.
 
-        Raises :class:`MechanismUnavailableError` (naming every endpoint tried)
-        when none answered within the timeout, :class:`EtcdError` when etcd
-        answered with an error.
+        Endpoints are tried in turn from :attr:`endpoint` (a lone one twice). An attempt gets at
+        most ``timeout`` seconds and at most an equal share of the time left
+        before the caller's deadline, so one hung member cannot use up a short
+        budget (a renewal's) before the others are tried. The endpoint that
+        answers becomes :attr:`endpoint`; one that fails, times out or is
+        cancelled with the caller is demoted, so the next call starts at the
+        next one. The caller's cancellation propagates.
+
+        Raises :class:`MechanismUnavailableError` (naming every endpoint tried
+        and why) when none answered, :class:`EtcdError` when etcd answered with
+        an error.
         """
         failures = []
-        for index in self._order():
+        # A lone endpoint gets a second try: the first may have hung on a pooled
+        # connection that went silent, and a timed-out one is not reused.
+        order = self._order() if len(self.endpoints) > 1 else [0, 0]
+        for index, left in zip(order, range(len(order), 0, -1), strict=True):
             base = self.endpoints[index]
+            timeout = self._attempt_timeout(left)
+            answer: httpx.Response | str = f"no answer within {timeout:.3g} s"
             try:
-                if self._username and self._token is None:
-                    await self._authenticate(base)
-                answer = await self._http.post(base + path, json=body, headers=self._headers())
-                if answer.status_code != 200 and self._username and _is_auth_error(answer):
-                    await self._authenticate(base)  # the token expired: once more
-                    answer = await self._http.post(base + path, json=body, headers=self._headers())
-            except (httpx.TransportError, OSError) as exc:
-                failures.append(f"{base} ({type(exc).__name__})")
-                continue
-            if answer.status_code == 503 or _unavailable(answer):
-                failures.append(f"{base} (unavailable: {answer.text[:80]})")
+                # httpx's timeouts are per phase and do not bound a member that
+                # accepts the connection but never answers (SIGSTOPped).
+                with trio.move_on_after(timeout):
+                    answer = await self._attempt(base, path, body)
+            except BaseException:
+                # Cancelled by the caller, maybe while this endpoint hung.
+                self._demote(index)
+                raise
+            if isinstance(answer, str):
+                failures.append(f"{base} ({answer})")
+                self._demote(index)
                 continue
             self._current = index
             if answer.status_code != 200:
@@ -171,9 +186,34 @@ class EtcdClient:
                 )
             result: Json = answer.json()
             return result
-        raise MechanismUnavailableError(
-            f"etcd {self.name} unreachable within {self.timeout:g} s: {', '.join(failures)}"
-        )
+        raise MechanismUnavailableError(f"etcd {self.name} unreachable: {', '.join(failures)}")
+
+    def _attempt_timeout(self, left: int) -> float:
+        """``timeout``, capped at a fair share of the caller's remaining time
+        among the ``left`` endpoints still to try (unused time carries over)."""
+        remaining = trio.current_effective_deadline() - trio.current_time()
+        return max(0.0, min(self.timeout, remaining / left))
+
+    async def _attempt(self, base: str, path: str, body: Json) -> httpx.Response | str:
+        """``base``'s answer, or why there is none."""
+        try:
+            if self._username and self._token is None:
+                await self._authenticate(base)
+            answer = await self._http.post(base + path, json=body, headers=self._headers())
+            if answer.status_code != 200 and self._username and _is_auth_error(answer):
+                await self._authenticate(base)  # the token expired: once more
+                answer = await self._http.post(base + path, json=body, headers=self._headers())
+        except (httpx.TransportError, OSError) as exc:
+            return type(exc).__name__
+        if answer.status_code == 503 or _unavailable(answer):
+            return f"unavailable: {answer.text[:80]}"
+        return answer
+
+    def _demote(self, index: int) -> None:
+        """Start the next call after ``index``, unless a concurrent call
+        already moved away from it."""
+        if self._current == index:
+            self._current = (index + 1) % len(self.endpoints)
 
     # -- KV ----------------------------------------------------------------------
 
