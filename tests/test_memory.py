@@ -192,3 +192,28 @@ async def test_campaign_after_lease_expired_gets_a_new_lease(backend: MemoryBack
         assert ea.is_master and ea.fencing_token == 3
         await trio.sleep(TTL * 2)
         assert ea.is_master and ea.fencing_token == 3
+
+
+async def test_campaign_right_after_healing_a_long_partition(backend: MemoryBackend) -> None:
+    async with backend.open_factory("a") as fa:
+        ea = await fa.new_election("res")
+        await ea.await_mastership()
+        backend.partition("a")
+        await trio.sleep(TTL * 1.5)  # the lease expires in the backend
+        backend.heal("a")
+        # Before the renewal loop noticed: the expired lease is replaced, no error.
+        await ea.await_mastership()
+        assert ea.is_master and await ea.leader() == "a"
+
+
+async def test_resign_while_partitioned_is_released_after_healing(backend: MemoryBackend) -> None:
+    async with backend.open_factory("a") as fa, backend.open_factory("b") as fb:
+        ea, eb = await fa.new_election("res"), await fb.new_election("res")
+        await ea.await_mastership()
+        backend.partition("a")
+        await ea.resign()  # no error: the release is retried in the background
+        assert not ea.is_master and backend.candidates("res") == ["a"]
+        backend.heal("a")
+        await trio.sleep(fa.renew_interval)
+        assert backend.candidates("res") == []
+        await eb.await_mastership()
