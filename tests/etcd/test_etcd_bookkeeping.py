@@ -42,6 +42,17 @@ async def a_through_proxy_b_direct(
                 yield proxy, ea, eb
 
 
+@asynccontextmanager
+async def instance_a(
+    server: EtcdMember, prefix: str
+) -> AsyncIterator[tuple[EtcdFactory, EtcdElection]]:
+    """Instance "a" with its election of resource "job"."""
+    async with election2.open_factory(url_of(server.endpoint, prefix), instance_id="a") as fa:
+        election = await fa.new_election("job")
+        assert isinstance(fa, EtcdFactory) and isinstance(election, EtcdElection)
+        yield fa, election
+
+
 async def delete_key(server: EtcdMember, key: str) -> None:
     """What an operator's ``etcdctl del`` does."""
     client = EtcdClient([f"http://{server.endpoint}"])
@@ -111,11 +122,7 @@ async def test_observer_with_a_silent_watch_resyncs_within_a_ttl(
 async def test_stale_delete_event_of_a_resigned_key_is_ignored(
     etcd_server: EtcdMember, prefix: str
 ) -> None:
-    url = url_of(etcd_server.endpoint, prefix)
-    async with election2.open_factory(url, instance_id="a") as fa:
-        assert isinstance(fa, EtcdFactory)
-        election = await fa.new_election("job")
-        assert isinstance(election, EtcdElection)
+    async with instance_a(etcd_server, prefix) as (fa, election):
         await election.await_mastership()
         assert election._candidacy is not None
         key = election._candidacy.key
@@ -136,10 +143,7 @@ async def test_stale_delete_event_of_a_resigned_key_is_ignored(
 async def test_resync_keeps_a_candidacy_put_while_the_read_was_in_flight(
     etcd_server: EtcdMember, prefix: str
 ) -> None:
-    url = url_of(etcd_server.endpoint, prefix)
-    async with election2.open_factory(url, instance_id="a") as fa:
-        assert isinstance(fa, EtcdFactory)
-        election = await fa.new_election("job")
+    async with instance_a(etcd_server, prefix) as (fa, election):
         stale_answer = await fa.client.range_prefix(prefix + "/")  # before the put
         await election.await_mastership()
         token = election.fencing_token

@@ -6,11 +6,11 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-import election2
 from election2 import Election, Factory
 from election2.mechanisms.redis import RedisElection, RedisFactory
 from election2.testing.conformance import ElectionConformance
-from tests.redis.conftest import RedisNodeProcess, url_of
+from tests.faultproxy import ProxiedFactories
+from tests.redis.conftest import RedisNodeProcess
 
 TTL = 2.0
 
@@ -20,10 +20,20 @@ class TestRedisConformance(ElectionConformance):
 
     @pytest.fixture(autouse=True)
     def _backend(self, redis3: list[RedisNodeProcess], prefix: str) -> None:
-        self.url = url_of(redis3, prefix, TTL)
+        # Each instance through fault proxies of its own, so it can be cut off.
+        self.instances = ProxiedFactories(
+            [node.endpoint for node in redis3],
+            lambda hosts: f"redis://{','.join(hosts)}/{prefix}?ttl={TTL:g}",
+        )
 
     def open_factory(self, instance_id: str) -> AbstractAsyncContextManager[Factory]:
-        return election2.open_factory(self.url, instance_id=instance_id)
+        return self.instances.open(instance_id)
+
+    async def cut_off(self, factory: Factory) -> None:
+        self.instances.cut_off(factory.instance_id)
+
+    async def reconnect(self, factory: Factory) -> None:
+        self.instances.reconnect(factory.instance_id)
 
     async def force_loss(self, factory: Factory, election: Election) -> None:
         assert isinstance(factory, RedisFactory) and isinstance(election, RedisElection)
