@@ -4,11 +4,16 @@ A term is a lock held on a quorum (N//2+1) of nodes. Acquire sends ``SET NX
 PX`` to every node at once and counts the term only if a quorum said yes
 *and* the round finished inside the validity window; the deadline is the
 round's start + ttl - drift, drift = ttl*1% + 2 ms. The core's renewal loop
-extends every key the factory holds with ONE script call per node per tick.
-Resign deletes the lock (compare-and-delete) and publishes on the prefix's
-channel, so waiting candidates retry at once instead of at their next poll.
+extends every key the factory holds with ONE script call per node per tick;
+a node that lacked a key at a renewal that confirmed its term on a quorum
+gets it back at the next one, so one node after another may fail for longer
+than the ttl without ending the term. Resign deletes the lock
+(compare-and-delete) and publishes on the prefix's channel, so waiting
+candidates retry at once instead of at their next poll; a lost acquire round
+is undone without a notice, and the loser retries after a jittered backoff.
 Fencing tokens come from a per-resource counter bumped on each node that
-granted the lock and raised to the term's token on a quorum.
+granted the lock and raised to the term's token on a quorum (and on every
+node where a renewal sets the key again).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ._redlock import (
     EXTEND,
     FENCE,
     RELEASE,
+    UNDO,
     NodeFailure,
     RedisNode,
     failures,
@@ -67,12 +73,17 @@ class RedisElection(BaseElection["RedisFactory"]):
         super().__init__(factory, resource_id)
         self.key = factory.key_template.format(prefix=factory.prefix, resource=resource_id)
         self.token_key = self.key + ":fencing"
-        #: Our lock value while we hold or try for the lock: "instance:random".
+        #: Our lock value while we hold or try for the lock, or hold it on some
+        #: node until a release is confirmed: "instance:random".
         self._value: str | None = None
+        #: The answers to the last renewal, if it confirmed the term, and the
+        #: term's place in them: the next renewal sets the key again on the
+        #: nodes that answered "missing" (late answers included).
+        self._confirmed_by: tuple[dict[RedisNode, list[int]], int] | None = None
 
     async def _campaign(self) -> tuple[int, float]:
         factory = self._factory
-        unreachable_rounds = 0
+        unreachable_rounds = lost_rounds = 0
         while True:
             signals = factory._signals(self.resource_id)
             released = signals.released
@@ -84,19 +95,29 @@ class RedisElection(BaseElection["RedisFactory"]):
                 unreachable_rounds += 1
                 if unreachable_rounds >= factory.unreachable_rounds:
                     raise
-                won = None
+                won, delay = None, factory.poll_interval
             else:
                 unreachable_rounds = 0
+                # Back off from a lost round: soon after the first (candidates
+                # that split the nodes between them try again, out of step),
+                # doubling up to the poll interval (someone holds the lock).
+                delay = min(factory.first_retry * 2**lost_rounds, factory.poll_interval)
+                lost_rounds += 1
             if won is not None:
                 return won
-            # Wait for a release notice; poll with jitter in case one is missed.
-            with trio.move_on_after(factory.poll_interval * random.uniform(0.5, 1.5)):
+            # Wait for a release notice, after which the backoff starts over;
+            # the jittered delay also covers a missed notice.
+            with trio.move_on_after(delay * random.uniform(0.5, 1.5)):
                 await released.wait()
+                lost_rounds = 0
 
     async def _try_acquire(self) -> tuple[int, float] | None:
         factory = self._factory
+        if self._value is not None:
+            await self._delete(UNDO)  # an earlier round's undo did not reach a quorum
         value = f"{self.instance_id}:{secrets.token_hex(20)}"
         self._value = value
+        self._confirmed_by = None
         round_started = trio.current_time()
         results = await fan_out(
             factory.nodes,
@@ -117,7 +138,7 @@ class RedisElection(BaseElection["RedisFactory"]):
             if min(granted) == token or await self._fence(token):
                 return token, deadline
         # Not held: undo the partial acquisition everywhere, then report why.
-        await self._release()
+        await self._delete(UNDO)
         if len(failures(results)) > len(results) - factory.quorum:
             raise unavailable(f"cannot acquire {self.key!r}", results, factory.quorum)
         return None
@@ -134,20 +155,40 @@ class RedisElection(BaseElection["RedisFactory"]):
         return sum(1 for r in results if r == 1) >= factory.quorum
 
     async def _release(self) -> None:
-        value, self._value = self._value, None
+        """Delete our key everywhere and wake the candidates waiting for it."""
+        await self._delete(RELEASE, self._factory.channel, self.resource_id)
+
+    async def _delete(self, script: str, *notice: str) -> None:
+        """Compare-and-delete our value on every node (``RELEASE`` or ``UNDO``).
+
+        The value is forgotten only once a quorum answered (deleted, or not
+        ours there): until then the deletion can be tried again.
+        """
+        value = self._value
         if value is None:
             return
         factory = self._factory
         results = await fan_out(
             factory.nodes,
-            lambda node: node.run(RELEASE, [self.key], [value, factory.channel, self.resource_id]),
+            lambda node: node.run(script, [self.key], [value, *notice]),
             nursery=factory.nursery,
             enough=factory.decided(lambda r: True),
         )
         if len(failures(results)) > len(results) - factory.quorum:
             raise unavailable(f"cannot release {self.key!r}", results, factory.quorum)
+        if self._value == value:
+            self._value = None
 
-    async def leader(self) -> str | None:
+    def _missing_nodes(self) -> set[RedisNode]:
+        """Take the nodes where the previous renewal, which confirmed the term,
+        found the key missing; none once the term's local deadline passed."""
+        confirmed_by, self._confirmed_by = self._confirmed_by, None
+        if confirmed_by is None or not self._mastership.held:
+            return set()
+        seen, index = confirmed_by
+        return {node for node, answers in seen.items() if answers[index] == -1}
+
+    async def _read_leader(self) -> str | None:
         self._check_open()
         factory = self._factory
 
@@ -172,7 +213,7 @@ class RedisElection(BaseElection["RedisFactory"]):
         while True:
             changed = factory._signals(self.resource_id).changed
             try:
-                current = await self.leader()
+                current = await self._read_leader()
             except MechanismUnavailableError:
                 pass  # no quorum right now: keep following, the next poll re-syncs
             else:
@@ -203,6 +244,8 @@ class RedisFactory(BaseFactory[RedisElection]):
         self.ttl_ms = math.ceil(ttl * 1000)
         #: Fallback retry period of waiting candidates and observers.
         self.poll_interval = ttl / 10
+        #: First backoff after a lost acquire round; doubles up to the poll interval.
+        self.first_retry = self.poll_interval / 16
         #: Consecutive acquire rounds without a quorum of answers before a
         #: campaign gives up with MechanismUnavailableError.
         self.unreachable_rounds = 3
@@ -267,8 +310,22 @@ class RedisFactory(BaseFactory[RedisElection]):
         holding = [e for e in held if e._value is not None]
         if not holding:
             return Renewal(refused=frozenset(held))
-        keys = [e.key for e in holding]
-        args: list[str | int] = [self.ttl_ms, *(e._value or "" for e in holding)]
+        keys = [e.key for e in holding] + [e.token_key for e in holding]
+        # A key is set again only where the previous renewal found it missing,
+        # only if that renewal found it on a quorum and only before the term's
+        # local deadline: nobody else can have held the lock meanwhile, and a
+        # key gone from a majority is never brought back.
+        terms = [(e._value or "", e._mastership.token or 0, e._missing_nodes()) for e in holding]
+        seen: dict[RedisNode, list[int]] = {}
+
+        async def extend(node: RedisNode) -> list[int]:
+            args: list[str | int] = [self.ttl_ms]
+            for value, token, missing in terms:
+                args += [value, token if node in missing else 0]
+            # Recorded even after the renewal is decided: the slowest node
+            # is the one most likely to lack keys.
+            seen[node] = [int(a) for a in await node.run(EXTEND, keys, args)]
+            return seen[node]
 
         # Unlike an acquire, an extension counts whenever it is answered: its
         # deadline runs from the send time. So a large batch may take up to the
@@ -276,8 +333,8 @@ class RedisFactory(BaseFactory[RedisElection]):
         def every_key_decided(results: Sequence[object]) -> bool:
             """Each key extended by a quorum or refused by a majority already."""
             answered = [r for r in results if isinstance(r, list)]
-            for index in range(len(keys)):
-                extended = sum(1 for r in answered if int(r[index]) == 1)
+            for index in range(len(holding)):
+                extended = sum(1 for r in answered if r[index] == 1)
                 refused = len(answered) - extended
                 if extended < self.quorum and refused <= len(results) - self.quorum:
                     return False
@@ -285,7 +342,7 @@ class RedisFactory(BaseFactory[RedisElection]):
 
         results = await fan_out(
             self.nodes,
-            lambda node: node.run(EXTEND, keys, args),
+            extend,
             nursery=self.nursery,
             enough=every_key_decided,
             limit=self.renew_interval / 2,
@@ -295,10 +352,12 @@ class RedisFactory(BaseFactory[RedisElection]):
             raise unavailable("cannot extend", results, self.quorum)
         refused, unconfirmed = set(), set()
         for index, election in enumerate(holding):
-            extended = sum(1 for r in answered if int(r[index]) == 1)
+            # Only a node that still had the key extends the term; one that
+            # got it back only now says nothing about the time in between.
+            extended = sum(1 for r in answered if r[index] == 1)
             if extended >= self.quorum:
-                continue
-            if len(answered) - extended >= self.quorum:
+                election._confirmed_by = (seen, index)
+            elif len(answered) - extended >= self.quorum:
                 refused.add(election)  # a majority says the lock is not ours
             else:
                 unconfirmed.add(election)

@@ -3,6 +3,8 @@
 The key/value protocol is the standard Redlock one — ``SET key value NX PX
 ttl`` with a random value, compare-and-pexpire to extend, compare-and-delete
 to release — so other Redlock clients on the same keys exclude us and we them.
+Beyond Redlock, an extension sets a held term's key again on a node that lost
+it (:data:`EXTEND`), so a term outlives one minority fault after another.
 Each call goes to every node at once, each bounded by a small per-node
 timeout; the caller counts answers against the quorum.
 """
@@ -20,7 +22,16 @@ from coredis.retry import NoRetryPolicy
 
 from ...errors import MechanismUnavailableError
 
-__all__ = ["ACQUIRE", "EXTEND", "FENCE", "RELEASE", "NodeFailure", "RedisNode", "fan_out"]
+__all__ = [
+    "ACQUIRE",
+    "EXTEND",
+    "FENCE",
+    "RELEASE",
+    "UNDO",
+    "NodeFailure",
+    "RedisNode",
+    "fan_out",
+]
 
 T = TypeVar("T")
 
@@ -45,18 +56,35 @@ end
 return 0
 """
 
-#: Batched compare-and-pexpire: one call per node per tick for every key held.
+#: Batched compare-and-pexpire, one call per node per tick for every key held.
+#: KEYS: the n lock keys, then their n fencing counters. ARGV: the ttl in ms,
+#: then per key its value and a repair token: where that is not 0 and the key
+#: is missing (expired while this node was cut off, or lost in a restart), the
+#: key is set again and the counter raised to the token, so a restarted node
+#: cannot hand out a lower one later. Answers per key: 1 extended, 2 set
+#: again, 0 held by another value, -1 missing.
 EXTEND = """
-local extended = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('get', key) == ARGV[i + 1] then
-    redis.call('pexpire', key, ARGV[1])
-    extended[i] = 1
+local n = #KEYS / 2
+local answers = {}
+for i = 1, n do
+  local value, token = ARGV[2 * i], ARGV[2 * i + 1]
+  local current = redis.call('get', KEYS[i])
+  if current == value then
+    redis.call('pexpire', KEYS[i], ARGV[1])
+    answers[i] = 1
+  elseif current then
+    answers[i] = 0
+  elseif token ~= '0' then
+    redis.call('set', KEYS[i], value, 'PX', ARGV[1])
+    if tonumber(redis.call('get', KEYS[n + i]) or '0') < tonumber(token) then
+      redis.call('set', KEYS[n + i], token)
+    end
+    answers[i] = 2
   else
-    extended[i] = 0
+    answers[i] = -1
   end
 end
-return extended
+return answers
 """
 
 #: Compare-and-delete, then wake the candidates waiting for this resource.
@@ -65,6 +93,16 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
   redis.call('del', KEYS[1])
   redis.call('publish', ARGV[2], 'released:' .. ARGV[3])
   return 1
+end
+return 0
+"""
+
+#: Compare-and-delete without a notice: undoes a lost acquire round. A notice
+#: would wake every other waiter into a round of its own, whose undo would
+#: wake the others again: rounds back to back for as long as a node is free.
+UNDO = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
 end
 return 0
 """
