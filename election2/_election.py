@@ -113,6 +113,9 @@ class BaseElection(ABC, Generic[FactoryT]):
         #: The backend may hold a candidacy or term of ours: set when a
         #: campaign starts, cleared only when a release is confirmed.
         self._in_backend = False
+        #: Counts campaigns: a background release retry belongs to one of them
+        #: and must never remove the record of a later one.
+        self._campaigns = 0
         #: The token of our latest term: the next one must be higher.
         self._last_token: int | None = None
 
@@ -190,6 +193,7 @@ class BaseElection(ABC, Generic[FactoryT]):
             with trio.CancelScope() as pending:
                 self._pending.add(pending)
                 self._in_backend = True
+                self._campaigns += 1
                 try:
                     with public_errors(f"campaign for {self._resource_id!r}"):
                         token, deadline = await self._campaign()
@@ -286,19 +290,20 @@ class BaseElection(ABC, Generic[FactoryT]):
     ) -> None:
         await self.close()
 
-    async def _release_now(self, *, retrying: bool = False) -> bool:
+    async def _release_now(self, *, campaign: int | None = None) -> bool:
         """Release what the backend may hold of ours; True once it confirmed.
 
         Shielded from the caller's cancellation but bounded by the factory's
         ``close_timeout``. A release that fails is handed to the factory, which
-        retries it in the background (``retrying``: this is such a retry).
+        retries it in the background (``campaign``: this is such a retry, for
+        that campaign's record; a later campaign's is not its to remove).
         """
         failure = f"no answer within {self._factory.close_timeout:g} s"
         with trio.move_on_after(self._factory.close_timeout) as bounded:
             bounded.shield = True
             async with self._release_lock:
-                if not self._in_backend:
-                    return True  # a concurrent release got there first
+                if not self._in_backend or campaign not in (None, self._campaigns):
+                    return True  # released already (a campaign starts only after that)
                 try:
                     with public_errors(f"release of {self._resource_id!r}"):
                         await self._release()
@@ -307,14 +312,14 @@ class BaseElection(ABC, Generic[FactoryT]):
                 else:
                     self._in_backend = False
                     return True
-        if not retrying:
+        if campaign is None:
             log.warning(
                 "%s: could not release %r, retrying in the background: %s",
                 self.instance_id,
                 self._resource_id,
                 failure,
             )
-        self._factory._retry_release(self)
+        self._factory._retry_release(self, self._campaigns)
         return False
 
     # -- used by factories -----------------------------------------------------
@@ -442,8 +447,8 @@ class BaseFactory(ABC, Generic[ElectionT]):
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._renewing = trio.CancelScope()
-        #: Elections whose release is being retried in the background.
-        self._releasing: set[BaseElection[Any]] = set()
+        #: (election, campaign) whose release is being retried in the background.
+        self._releasing: set[tuple[BaseElection[Any], int]] = set()
 
     @property
     def instance_id(self) -> str:
@@ -511,27 +516,28 @@ class BaseFactory(ABC, Generic[ElectionT]):
         if self._elections.get(election.resource_id) is election:
             del self._elections[election.resource_id]
 
-    def _retry_release(self, election: BaseElection[Any]) -> None:
-        """Retry ``election``'s release in the background until the backend
-        confirms it or the session ends (when the session's end removes it)."""
-        if election in self._releasing or self._nursery is None or self._closed:
+    def _retry_release(self, election: BaseElection[Any], campaign: int) -> None:
+        """Retry the release of ``election``'s record from ``campaign`` in the
+        background until the backend confirms it or the session ends (the
+        session's end removes it)."""
+        if (election, campaign) in self._releasing or self._nursery is None or self._closed:
             return
-        self._releasing.add(election)
-        self._nursery.start_soon(self._release_until_confirmed, election)
+        self._releasing.add((election, campaign))
+        self._nursery.start_soon(self._release_until_confirmed, election, campaign)
 
-    async def _release_until_confirmed(self, election: BaseElection[Any]) -> None:
+    async def _release_until_confirmed(self, election: BaseElection[Any], campaign: int) -> None:
         # Backing off, but never slower than a renewal: a record the instance
         # no longer stands behind must go within a renewal interval of the
         # backend being reachable again.
         delay = self.retry_interval
         try:
-            while election._in_backend:
+            while election._in_backend and election._campaigns == campaign:
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
-                if await election._release_now(retrying=True):
+                if await election._release_now(campaign=campaign):
                     log.info("%s: released %r", self._instance_id, election.resource_id)
                 delay = min(delay * 2, self.renew_interval)
         finally:
-            self._releasing.discard(election)
+            self._releasing.discard((election, campaign))
 
     def _confirm(
         self, renewal_sent: float, held: list[ElectionT], renewal: Renewal[ElectionT]

@@ -621,6 +621,18 @@ class ElectionConformance:
             assert took < self.ttl / 3 + self._handover_limit, took
             assert keeper.is_master  # a's lease never lapsed: the retry did it
 
+    async def test_a_release_retry_never_removes_a_later_term(self) -> None:
+        async with self.factories("a", "b") as (fa, fb):
+            ea, eb = await fa.new_election("res"), await fb.new_election("res")
+            await ea.await_mastership()
+            await self.cut_off(fa)
+            await ea.resign()  # fails: retried in the background
+            await self.reconnect(fa)
+            await ea.await_mastership()  # removes the old record first, then wins anew
+            await trio.sleep(self.ttl / 2)  # the old term's retries would have run
+            assert ea.is_master
+            assert await eb.leader() == "a"
+
     async def test_withdrawal_of_a_cancelled_campaign_is_retried(self) -> None:
         async with self.factories("a", "b", "c") as (fa, fb, fc):
             ea, eb = await fa.new_election("res"), await fb.new_election("res")

@@ -23,7 +23,8 @@ class TestRedisConformance(ElectionConformance):
         # Each instance through fault proxies of its own, so it can be cut off.
         self.instances = ProxiedFactories(
             [node.endpoint for node in redis3],
-            lambda hosts: f"redis://{','.join(hosts)}/{prefix}?ttl={TTL:g}",
+            # Proxies share the test's event loop: allow them a little more time.
+            lambda hosts: f"redis://{','.join(hosts)}/{prefix}?ttl={TTL:g}&node_timeout=0.25",
         )
 
     def open_factory(self, instance_id: str) -> AbstractAsyncContextManager[Factory]:
