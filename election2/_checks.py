@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_TTL",
     "MAX_RESOURCE_ID_LENGTH",
     "MAX_TTL",
+    "check_grace",
     "check_instance_id",
     "check_positive_seconds",
     "check_prefix",
@@ -89,6 +90,16 @@ def check_ttl(value: object, *, minimum: float = 0.0) -> float:
             f"ttl must be at least {minimum:g} s for this mechanism: {value!r}"
         )
     return ttl
+
+
+def check_grace(value: object, *, ttl: float) -> float:
+    """A ``with_mastership`` grace: a number of seconds in ``[0, ttl)``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"grace must be a number of seconds, not {value!r}")
+    grace = float(value)
+    if not math.isfinite(grace) or not 0 <= grace < ttl:
+        raise ConfigurationError(f"grace must be in [0, ttl={ttl:g}) seconds: {value!r}")
+    return grace
 
 
 def check_prefix(prefix: str) -> str:

@@ -34,7 +34,13 @@ from typing import Any, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 import trio
 
-from ._checks import check_instance_id, check_positive_seconds, check_resource_id, drift_margin
+from ._checks import (
+    check_grace,
+    check_instance_id,
+    check_positive_seconds,
+    check_resource_id,
+    drift_margin,
+)
 from ._mastership import Mastership
 from .errors import (
     ConfigurationError,
@@ -71,7 +77,9 @@ class Election(Protocol):
     def fencing_token(self) -> int | None: ...
 
     async def await_mastership(self) -> None: ...
-    def with_mastership(self) -> AbstractAsyncContextManager[trio.CancelScope]: ...
+    def with_mastership(
+        self, *, grace: float = 0.0
+    ) -> AbstractAsyncContextManager[trio.CancelScope]: ...
     async def resign(self) -> None: ...
     async def close(self) -> None: ...
     async def leader(self) -> str | None: ...
@@ -217,7 +225,7 @@ class BaseElection(ABC, Generic[FactoryT]):
             self._mastership.begin(token, deadline)
 
     @asynccontextmanager
-    async def with_mastership(self) -> AsyncIterator[trio.CancelScope]:
+    async def with_mastership(self, *, grace: float = 0.0) -> AsyncIterator[trio.CancelScope]:
         """Run the block under the current term.
 
         Yields a :class:`trio.CancelScope` cancelled the moment mastership ends
@@ -225,9 +233,15 @@ class BaseElection(ABC, Generic[FactoryT]):
         pushed forward on each renewal. Not master on entry: the scope is
         already cancelled. The block exits normally; ``scope.cancelled_caught``
         tells whether mastership ended under it.
+
+        ``grace`` (seconds, ``0 <= grace < ttl``) moves the deadline that much
+        earlier: nest such a scope inside a plain one to ask guarded work to wind
+        down (flush, stop a child process) while the outer scope stays the hard
+        limit. A bad ``grace`` raises :class:`ConfigurationError`.
         """
         self._check_open()
-        with self._mastership.scope() as scope:
+        grace = check_grace(grace, ttl=self._factory.ttl)
+        with self._mastership.scope(grace) as scope:
             yield scope
 
     async def resign(self) -> None:

@@ -22,7 +22,8 @@ class Mastership:
     """The state of one election's term and the scopes guarding work under it."""
 
     def __init__(self) -> None:
-        self._scopes: set[trio.CancelScope] = set()
+        #: Every open scope, with how long before the deadline it ends (its grace).
+        self._scopes: dict[trio.CancelScope, float] = {}
         self._held = False
         self._token: int | None = None
         self._deadline = -math.inf
@@ -64,9 +65,9 @@ class Mastership:
         if not self._held or deadline <= self._deadline:
             return
         self._deadline = deadline
-        for scope in self._scopes:
+        for scope, grace in self._scopes.items():
             if not scope.cancel_called:
-                scope.deadline = deadline
+                scope.deadline = deadline - grace
 
     def end(self) -> None:
         """End the term: cancel every open scope at once. Idempotent."""
@@ -77,14 +78,15 @@ class Mastership:
             scope.cancel()
 
     @contextmanager
-    def scope(self) -> Iterator[trio.CancelScope]:
-        """Run a block under the term; it is already cancelled if none is held."""
-        cancel_scope = trio.CancelScope(deadline=self._deadline)
+    def scope(self, grace: float = 0.0) -> Iterator[trio.CancelScope]:
+        """Run a block under the term, ending ``grace`` seconds before its
+        deadline; it is already cancelled if no term is held."""
+        cancel_scope = trio.CancelScope(deadline=self._deadline - grace)
         if not self.held:
             cancel_scope.cancel()
-        self._scopes.add(cancel_scope)
+        self._scopes[cancel_scope] = grace
         try:
             with cancel_scope:
                 yield cancel_scope
         finally:
-            self._scopes.discard(cancel_scope)
+            del self._scopes[cancel_scope]

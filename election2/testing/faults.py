@@ -84,9 +84,9 @@ class FaultyElection:
         await self.election.await_mastership()
 
     @asynccontextmanager
-    async def with_mastership(self) -> AsyncIterator[trio.CancelScope]:
+    async def with_mastership(self, *, grace: float = 0.0) -> AsyncIterator[trio.CancelScope]:
         self._raise_injected("with_mastership")
-        async with self.election.with_mastership() as scope:
+        async with self.election.with_mastership(grace=grace) as scope:
             yield scope
 
     async def resign(self) -> None:
