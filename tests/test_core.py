@@ -138,3 +138,34 @@ def test_parse_url_multiple_endpoints_and_options() -> None:
 def test_ttl_given_twice_is_rejected() -> None:
     with pytest.raises(ConfigurationError, match="twice"):
         parse_url("etcd://h/p?ttl=3", default_port=1, default_prefix="p", options={"ttl": 4})
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoints"),
+    [
+        ("etcd://[::1]:2379/p", [("::1", 2379)]),
+        ("etcd://[::1]/p", [("::1", 2379)]),
+        (
+            "etcd://[fe80::1]:1,127.0.0.1:2,localhost/p",
+            [("fe80::1", 1), ("127.0.0.1", 2), ("localhost", 2379)],
+        ),
+    ],
+)
+def test_ipv6_hosts_in_brackets(url: str, endpoints: list[tuple[str, int]]) -> None:
+    parsed = parse_url(url, default_port=2379, default_prefix="x", options={})
+    assert parsed.endpoints == endpoints
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("etcd://::1:2379/p", "brackets"),
+        ("etcd://[::1/p", "bad endpoint"),
+        ("etcd://[::1]x/p", "bad endpoint"),
+        ("etcd://h:1,h:1/p", "twice"),
+        ("etcd://h/p?ttl=3&ttl=4", "twice"),
+    ],
+)
+def test_bad_hosts_and_repeats_rejected(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        parse_url(url, default_port=2379, default_prefix="x", options={})

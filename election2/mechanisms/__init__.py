@@ -10,6 +10,7 @@ installed metadata. :func:`parse_url` is the URL grammar they share.
 from __future__ import annotations
 
 import importlib
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -26,6 +27,7 @@ __all__ = [
     "MechanismSettings",
     "Opener",
     "ParsedURL",
+    "host_port",
     "open_factory",
     "parse_url",
     "register",
@@ -80,8 +82,8 @@ def open_factory(
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"election URL must be a str, not {url!r}")
-    scheme = urlsplit(url).scheme.lower()
-    if not scheme or "://" not in url:
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
         raise ConfigurationError(f"election URL needs a scheme such as memory://: {url!r}")
     return _find(scheme)(url, instance_id=instance_id, **options)
 
@@ -100,6 +102,34 @@ class ParsedURL:
     query: dict[str, str] = field(default_factory=dict)
 
 
+def _endpoint(part: str, default_port: int, url: str) -> tuple[str, int]:
+    """``host[:port]`` or ``[ipv6][:port]`` as (host without brackets, port)."""
+    if part.startswith("["):
+        host, bracket, rest = part[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigurationError(f"bad endpoint {part!r} in URL {url!r}")
+        port_text = rest[1:] if rest else str(default_port)
+    elif part.count(":") > 1:
+        raise ConfigurationError(
+            f"an IPv6 host needs brackets, as in [::1]:{default_port}: {part!r} in URL {url!r}"
+        )
+    else:
+        host, sep, port_text = part.partition(":")
+        port_text = port_text if sep else str(default_port)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigurationError(f"bad port {port_text!r} in URL {url!r}") from None
+    if not host or not 0 < port < 65536:
+        raise ConfigurationError(f"bad endpoint {part!r} in URL {url!r}")
+    return host, port
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (for URLs and messages)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_url(
     url: str,
     *,
@@ -114,7 +144,10 @@ def parse_url(
     Unknown query keys (other than ``ttl`` and ``allowed``) are rejected, so a
     typo never silently falls back to a default.
     """
-    split = urlsplit(url)
+    try:
+        split = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed bracket
+        raise ConfigurationError(f"bad endpoint in URL {url!r}: {exc}") from None
     netloc = split.netloc
     username = password = None
     if "@" in netloc:
@@ -122,19 +155,14 @@ def parse_url(
         username, _, password = credentials.partition(":")
     if not netloc:
         raise ConfigurationError(f"URL names no host: {url!r}")
-    endpoints = []
-    for part in netloc.split(","):
-        host, sep, port_text = part.rpartition(":") if part.count(":") == 1 else (part, "", "")
-        if not sep:
-            host, port_text = part, str(default_port)
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise ConfigurationError(f"bad port {port_text!r} in URL {url!r}") from None
-        if not host or not 0 < port < 65536:
-            raise ConfigurationError(f"bad endpoint {part!r} in URL {url!r}")
-        endpoints.append((host, port))
-    query = dict(parse_qsl(split.query, keep_blank_values=True))
+    endpoints = [_endpoint(part, default_port, url) for part in netloc.split(",")]
+    if len(set(endpoints)) != len(endpoints):
+        raise ConfigurationError(f"an endpoint is listed twice in {url!r}")
+    pairs = parse_qsl(split.query, keep_blank_values=True)
+    repeated = sorted({key for key, _ in pairs if sum(1 for k, _ in pairs if k == key) > 1})
+    if repeated:
+        raise ConfigurationError(f"URL option(s) {repeated} given twice in {url!r}")
+    query = dict(pairs)
     unknown = set(query) - {"ttl"} - allowed
     if unknown:
         raise ConfigurationError(f"unknown URL option(s) {sorted(unknown)} in {url!r}")

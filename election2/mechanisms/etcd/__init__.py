@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..._checks import check_positive_seconds, default_instance_id
-from .. import settings_of
+from .. import host_port, settings_of
 from ._client import EtcdClient, EtcdError
 from ._mechanism import EtcdElection, EtcdFactory
 
@@ -45,7 +45,7 @@ async def open_factory(
     )
     scheme = "https" if settings.tls is not None else "http"
     client = EtcdClient(
-        [f"{scheme}://{host}:{port}" for host, port in parsed.endpoints],
+        [f"{scheme}://{host_port(host, port)}" for host, port in parsed.endpoints],
         name=url,
         timeout=timeout,
         tls=settings.tls,

@@ -339,12 +339,16 @@ class EtcdFactory(BaseFactory[EtcdElection]):
                 self._candidacy_deleted(election)
 
     async def _open(self) -> None:
-        await self._grant()
+        # No lease yet: the first campaign takes one, so a factory that only
+        # reads (``election2 leader``) writes nothing.
         self.nursery.start_soon(self.batcher.run)
         await self.nursery.start(self._watch_forever)
 
     async def _renew(self, held: list[EtcdElection]) -> Renewal[EtcdElection]:
-        lease_id = await self._current_lease()
+        lease_id = self.lease_id
+        if lease_id is None:  # nothing campaigned since the lease was lost, if ever
+            await self._verify([])  # the watch's health, for observers
+            return Renewal(refused=frozenset(held))
         ttl_left = 0
         gone: set[EtcdElection] = set()
 
@@ -360,10 +364,9 @@ class EtcdFactory(BaseFactory[EtcdElection]):
                 nursery.start_soon(keep_alive)
                 nursery.start_soon(verify)
         if ttl_left <= 0:
-            # The lease expired (an outage longer than the TTL). Take a new
-            # one now so elections can campaign again.
+            # The lease expired (an outage longer than the TTL): the next
+            # campaign takes a new one.
             self._lease_lost(lease_id)
-            await self._current_lease()
             return Renewal(refused=frozenset(held))
         return Renewal(
             refused=frozenset(

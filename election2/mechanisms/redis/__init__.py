@@ -63,8 +63,6 @@ async def open_factory(
         raise ConfigurationError(f"bad key_template {key_template!r}") from None
     if "{resource}" not in key_template:
         raise ConfigurationError(f"key_template must contain {{resource}}: {key_template!r}")
-    if len({*parsed.endpoints}) != len(parsed.endpoints):
-        raise ConfigurationError(f"a node is listed twice in {url!r}")
     if len(parsed.endpoints) % 2 == 0:
         log.warning(
             "redlock over an even number of nodes (%d) tolerates no more failures than %d",

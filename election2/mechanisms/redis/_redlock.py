@@ -21,6 +21,7 @@ import trio
 from coredis.retry import NoRetryPolicy
 
 from ...errors import MechanismUnavailableError
+from .. import host_port
 
 __all__ = [
     "ACQUIRE",
@@ -129,7 +130,7 @@ class RedisNode:
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.name = f"{host}:{port}"
+        self.name = host_port(host, port)
         self.timeout = timeout
         self.client: coredis.Redis[str] = coredis.Redis(
             host=host,
