@@ -5,25 +5,132 @@ needed). ``leader``, ``observe`` and ``run`` work on any URL::
 
     election2 leader etcd://127.0.0.1:2379/jobs nightly
     election2 observe redis://h1,h2,h3/jobs nightly
-    election2 run etcd://127.0.0.1:2379/jobs nightly -- ./nightly.sh
+    election2 run --ttl 10 etcd://127.0.0.1:2379/jobs nightly -- ./nightly.sh
 
-``run`` campaigns, runs the command while master (``ELECTION2_FENCING_TOKEN``
-in its environment) and kills it the moment mastership ends.
+Every error is one line ``election2: ...`` on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
 import trio
 
+from ._supervisor import (
+    EXIT_LOST,
+    EXIT_NOT_FOUND,
+    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    RunOptions,
+    run_command,
+    say,
+)
 from .demo import run_demo
-from .errors import ElectionError
+from .errors import ConfigurationError, ElectionError, InvalidResourceIdError
 from .mechanisms import open_factory
+
+URLS = """\
+URLs (the path is the key prefix):
+  memory://NAME                                   in-process backend (demo, tests)
+  etcd://HOST:PORT[,HOST:PORT...]/PREFIX?ttl=S    etcd v3 (etcds:// for TLS)
+  redis://HOST:PORT[,HOST:PORT...]/PREFIX?ttl=S   Redlock over the listed masters
+                                                  (rediss:// for TLS)
+  Hosts may be names, IPv4 or bracketed IPv6: etcd://[::1]:2379/jobs
+"""
+
+EXIT_STATUSES = f"""\
+exit status of run:
+  the command's own status; 128+N if it died of signal N or election2 was
+  stopped by signal N (SIGTERM, SIGINT, SIGHUP are passed to the command)
+  {EXIT_USAGE}    usage or configuration error
+  {EXIT_LOST}    mastership lost: the command was killed
+  {EXIT_TIMEOUT}    --timeout passed before winning
+  {EXIT_UNAVAILABLE}    backend unavailable
+  {EXIT_NOT_FOUND}  command not found (checked before campaigning)
+"""
+
+RUN_HELP = f"""\
+Campaign for RESOURCE and run COMMAND while master, in a process group of its
+own, with ELECTION2_RESOURCE, ELECTION2_INSTANCE and ELECTION2_FENCING_TOKEN in
+its environment. If renewals fail, the command gets SIGTERM --kill-after
+seconds before mastership could lapse and SIGKILL before it does; on a loss
+the backend reports, SIGKILL at once. When the command exits, the election is
+resigned, so a successor starts at once.
+
+{URLS}
+{EXIT_STATUSES}"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``election2: ...`` line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        say(f"{message} (see '{self.prog} --help')")
+        sys.exit(EXIT_USAGE)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
+def _version() -> str:
+    try:
+        return version("election2")
+    except PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="election2",
+        description="Per-resource master election on etcd, Redis or in memory.",
+        epilog=URLS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"election2 {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    demo = commands.add_parser("demo", help="an election on the in-memory backend")
+    demo.add_argument("--ttl", type=float, default=2.0, help="lease TTL in seconds (2)")
+    demo.add_argument(
+        "--virtual-time", action="store_true", help="run on trio's MockClock: instant"
+    )
+    for name, text in (("leader", "print the current leader"), ("observe", "follow the leader")):
+        sub = commands.add_parser(
+            name, help=text, epilog=URLS, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        sub.add_argument("url")
+        sub.add_argument("resource_id")
+    run = commands.add_parser(
+        "run",
+        help="run a command while master",
+        usage="election2 run [OPTIONS] URL RESOURCE [OPTIONS] -- COMMAND [ARGS...]",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("url")
+    run.add_argument("resource_id")
+    run.add_argument("--instance-id", help="the id a leader publishes (default host-pid-random)")
+    run.add_argument("--ttl", type=_seconds, help="lease TTL in seconds (default: the URL's, 10)")
+    run.add_argument("--timeout", type=_seconds, help="give up (exit 4) if not master by then")
+    run.add_argument(
+        "--kill-after",
+        type=_seconds,
+        help="seconds from SIGTERM to SIGKILL; below TTL/2 (default TTL/4, at most 5)",
+    )
+    return parser
 
 
 async def _leader(url: str, resource_id: str) -> int:
@@ -40,42 +147,17 @@ async def _observe(url: str, resource_id: str) -> int:
     return 0
 
 
-async def _run(url: str, resource_id: str, command: list[str], instance_id: str | None) -> int:
-    async with open_factory(url, instance_id=instance_id) as factory:
-        async with await factory.new_election(resource_id) as election:
-            print(f"election2: {factory.instance_id} campaigning for {resource_id!r}", flush=True)
-            await election.await_mastership()
-            token = election.fencing_token
-            print(f"election2: master of {resource_id!r} (token {token})", flush=True)
-            env = {**os.environ, "ELECTION2_FENCING_TOKEN": str(token)}
-            async with election.with_mastership() as scope:
-                # Cancelling run_process (mastership ended) kills the command.
-                done = await trio.run_process(command, env=env, check=False)
-            if scope.cancelled_caught:
-                print("election2: mastership lost; command killed", file=sys.stderr)
-                return 3
-            await election.resign()
-            return done.returncode
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="election2", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="an election on the in-memory backend")
-    demo.add_argument("--ttl", type=float, default=2.0, help="lease TTL in seconds (2)")
-    demo.add_argument(
-        "--virtual-time", action="store_true", help="run on trio's MockClock: instant"
-    )
-    for name, text in (("leader", "print the current leader"), ("observe", "follow the leader")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("url")
-        sub.add_argument("resource_id")
-    run = commands.add_parser("run", help="run a command while master")
-    run.add_argument("url")
-    run.add_argument("resource_id")
-    run.add_argument("--instance-id")
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the command, never an option of ours.
+    command: list[str] | None = None
+    if "--" in arguments:
+        split = arguments.index("--")
+        arguments, command = arguments[:split], arguments[split + 1 :]
+    parser = _parser()
+    args = parser.parse_args(arguments)
+    if args.command != "run" and command is not None:
+        parser.error(f"'--' is only for 'election2 run', not {args.command!r}")
     try:
         if args.command == "demo":
             return run_demo(ttl=args.ttl, virtual_time=args.virtual_time)
@@ -83,13 +165,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_leader, args.url, args.resource_id)
         if args.command == "observe":
             return trio.run(_observe, args.url, args.resource_id)
-        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not command:
-            parser.error("run needs a command after --")
-        return trio.run(_run, args.url, args.resource_id, command, args.instance_id)
+            parser.error("run needs the command after '--': election2 run URL RESOURCE -- COMMAND")
+        if shutil.which(command[0]) is None:
+            say(f"command not found: {command[0]!r}")
+            return EXIT_NOT_FOUND
+        options = RunOptions(
+            url=args.url,
+            resource_id=args.resource_id,
+            command=command,
+            instance_id=args.instance_id,
+            ttl=args.ttl,
+            timeout=args.timeout,
+            kill_after=args.kill_after,
+        )
+        return trio.run(run_command, options)
+    except (ConfigurationError, InvalidResourceIdError) as exc:
+        say(str(exc))
+        return EXIT_USAGE
     except ElectionError as exc:
-        print(f"election2: {exc}", file=sys.stderr)
-        return 2
+        say(str(exc))
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
 

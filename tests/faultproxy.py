@@ -55,9 +55,10 @@ class _Link:
 
 
 class FaultProxy:
-    """Forwards ``127.0.0.1:port`` to ``target``; see the module docstring."""
+    """Forwards ``host:port`` (loopback) to ``target``; see the module docstring."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, host: str = "127.0.0.1") -> None:
+        self.host = host
         host, _, port = target.rpartition(":")
         self.target_host = host.strip("[]")
         self.target_port = int(port)
@@ -70,8 +71,8 @@ class FaultProxy:
 
     @property
     def endpoint(self) -> str:
-        """``127.0.0.1:port`` for clients to connect to."""
-        return f"127.0.0.1:{self.port}"
+        """``host:port`` for clients to connect to (IPv6 in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
     def connections(self) -> int:
@@ -114,7 +115,7 @@ class FaultProxy:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept and forward connections until cancelled."""
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(0, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -179,10 +180,12 @@ class FaultProxy:
 
 
 @asynccontextmanager
-async def proxies(targets: Sequence[str]) -> AsyncIterator[list[FaultProxy]]:
+async def proxies(
+    targets: Sequence[str], *, host: str = "127.0.0.1"
+) -> AsyncIterator[list[FaultProxy]]:
     """One running :class:`FaultProxy` per ``host:port`` in ``targets``."""
     async with trio.open_nursery() as nursery:
-        started = [FaultProxy(target) for target in targets]
+        started = [FaultProxy(target, host=host) for target in targets]
         for proxy in started:
             await nursery.start(proxy.run)
         try:

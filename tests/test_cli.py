@@ -39,7 +39,7 @@ def test_run_passes_token_and_exit_status(capsys: pytest.CaptureFixture[str]) ->
     script = "import os, sys; print('token', os.environ['ELECTION2_FENCING_TOKEN']); sys.exit(7)"
     status = main(["run", "memory://cli-run", "job", "--", sys.executable, "-c", script])
     assert status == 7
-    assert "master of 'job' (token 1)" in capsys.readouterr().out
+    assert "master of 'job' (fencing token 1)" in capsys.readouterr().err
 
 
 def test_bad_url_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
