@@ -8,7 +8,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
-SOURCES = ["election2", "tests"]
+SOURCES = ["election2", "tests", "docs/examples"]
 
 
 @nox.session
