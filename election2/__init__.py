@@ -11,7 +11,8 @@ that ends with mastership::
             await do_the_work(fencing_token=election.fencing_token)
 """
 
-from ._election import BaseElection, BaseFactory, Election, Factory
+from ._election import BaseElection, BaseFactory, Election, Factory, Health
+from ._events import ElectionEvent
 from .errors import (
     ConfigurationError,
     ElectionClosedError,
@@ -30,7 +31,9 @@ __all__ = [
     "Election",
     "ElectionClosedError",
     "ElectionError",
+    "ElectionEvent",
     "Factory",
+    "Health",
     "InvalidResourceIdError",
     "MechanismUnavailableError",
     "open_factory",

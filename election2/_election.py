@@ -41,6 +41,7 @@ from ._checks import (
     check_resource_id,
     drift_margin,
 )
+from ._events import ElectionEvent, EventKind, EventLog, Listener
 from ._mastership import Mastership
 from .errors import (
     ConfigurationError,
@@ -55,6 +56,7 @@ __all__ = [
     "BaseFactory",
     "Election",
     "Factory",
+    "Health",
     "Renewal",
     "public_errors",
     "single_exception",
@@ -198,6 +200,8 @@ class BaseElection(ABC, Generic[FactoryT]):
                     f"cannot campaign for {self._resource_id!r}: the previous candidacy "
                     "is not released yet (retrying in the background)"
                 )
+            started = trio.current_time()
+            self._emit("campaign")
             with trio.CancelScope() as pending:
                 self._pending.add(pending)
                 self._in_backend = True
@@ -205,9 +209,10 @@ class BaseElection(ABC, Generic[FactoryT]):
                 try:
                     with public_errors(f"campaign for {self._resource_id!r}"):
                         token, deadline = await self._campaign()
-                except BaseException:
+                except BaseException as exc:
                     # Cancelled or failed: withdraw the candidacy (retried in
                     # the background if the backend cannot be reached now).
+                    self._emit("withdrawn", reason=_reason(exc))
                     await self._release_now()
                     raise
                 finally:
@@ -223,6 +228,7 @@ class BaseElection(ABC, Generic[FactoryT]):
                 )
             self._last_token = token
             self._mastership.begin(token, deadline)
+            self._emit("acquired", seconds=trio.current_time() - started)
 
     @asynccontextmanager
     async def with_mastership(self, *, grace: float = 0.0) -> AsyncIterator[trio.CancelScope]:
@@ -257,6 +263,7 @@ class BaseElection(ABC, Generic[FactoryT]):
         self._check_open()
         if not self._mastership.granted:
             return
+        self._emit("resigned", reason="resigned")
         self._mastership.end()
         await self._release_now()
 
@@ -269,6 +276,8 @@ class BaseElection(ABC, Generic[FactoryT]):
         self._closed = True
         for pending in self._pending:
             pending.cancel()
+        if self._mastership.granted:
+            self._emit("resigned", reason="closed")
         self._mastership.end()
         try:
             if self._in_backend:
@@ -338,11 +347,27 @@ class BaseElection(ABC, Generic[FactoryT]):
 
     # -- used by factories -----------------------------------------------------
 
-    def _lost(self) -> None:
-        """The backend ended our term (refused renewal, key deleted, lease gone)."""
+    def _lost(self, reason: str) -> None:
+        """The term ended without us asking (refused renewal, key deleted,
+        lease gone, deadline passed); ``reason`` says which, for people."""
         if self._mastership.granted:
-            log.info("lost mastership of %r", self._resource_id)
+            self._emit("lost", reason=reason)
         self._mastership.end()
+
+    def _emit(self, kind: EventKind, **details: object) -> None:
+        """Tell the factory's listeners; terms carry their token and headroom."""
+        token = self._mastership.token if self._mastership.granted else None
+        headroom = self._mastership.deadline - trio.current_time() if token is not None else None
+        self._factory._emit(
+            ElectionEvent(
+                kind,
+                self.instance_id,
+                self._resource_id,
+                token=token,
+                headroom=headroom,
+                **details,  # type: ignore[arg-type]
+            )
+        )
 
     def _check_open(self) -> None:
         if self._closed or self._factory.closed:
@@ -427,6 +452,26 @@ def single_exception() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class Health:
+    """An instance's health as a candidate and master (:meth:`BaseFactory.health`)."""
+
+    healthy: bool
+    reason: str
+    #: Terms held now.
+    masters: int
+    #: Seconds to the earliest local deadline (of a held term, else of the
+    #: session); None when there is none.
+    headroom: float | None
+
+
+def _reason(error: BaseException) -> str:
+    """A campaign's end, for people."""
+    if isinstance(error, trio.Cancelled):
+        return "cancelled"
+    return str(error) or type(error).__name__
+
+
+@dataclass(frozen=True)
 class Renewal(Generic[ElectionT]):
     """What a renewal found out about the terms it was asked to renew."""
 
@@ -461,6 +506,9 @@ class BaseFactory(ABC, Generic[ElectionT]):
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._renewing = trio.CancelScope()
+        self._listeners: list[Listener] = [EventLog()]
+        self._renewal_failures = 0
+        self._last_renewed = -math.inf
         #: (election, campaign) whose release is being retried in the background.
         self._releasing: set[tuple[BaseElection[Any], int]] = set()
 
@@ -526,6 +574,47 @@ class BaseFactory(ABC, Generic[ElectionT]):
         self._elections[resource_id] = election
         return election
 
+    # -- events and health ----------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` for every :class:`~election2.ElectionEvent`
+        of this factory: transitions of its elections and its renewals. Called
+        inline: it must be quick and must not block."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; a no-op if it is not registered."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, event: ElectionEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("%s: event listener %r failed", self._instance_id, listener)
+
+    def health(self) -> Health:
+        """Whether this instance is healthy as a candidate and master: its last
+        renewal succeeded (one failure is tolerated while a term has more than
+        a renewal interval of headroom). For readiness probes and load
+        balancers; see the operations guide."""
+        held = [e for e in self._elections.values() if e._mastership.granted]
+        headroom = (
+            min((e._mastership.deadline for e in held), default=self.lease_deadline)
+            - trio.current_time()
+        )
+        finite = headroom if math.isfinite(headroom) else None
+        if self._closed:
+            return Health(False, "closed", len(held), finite)
+        if self._renewal_failures == 0:
+            return Health(True, "renewals succeeding", len(held), finite)
+        if self._renewal_failures == 1 and finite is not None and finite > self.renew_interval:
+            return Health(True, "one renewal failed; retrying", len(held), finite)
+        return Health(
+            False, f"{self._renewal_failures} renewal(s) failed in a row", len(held), finite
+        )
+
     def _forget(self, election: BaseElection[FactoryT]) -> None:
         if self._elections.get(election.resource_id) is election:
             del self._elections[election.resource_id]
@@ -561,9 +650,25 @@ class BaseFactory(ABC, Generic[ElectionT]):
         self.lease_deadline = deadline
         for election in held:
             if election in renewal.refused:
-                election._lost()
+                election._lost("refused by the backend (key or lease gone)")
             elif election not in renewal.unconfirmed:
                 election._mastership.extend(deadline)
+        now = trio.current_time()
+        self._renewal_failures = 0
+        self._last_renewed = now
+        self._emit(
+            ElectionEvent(
+                "renewed",
+                self._instance_id,
+                seconds=now - renewal_sent,
+                headroom=self._headroom(held),
+            )
+        )
+
+    def _headroom(self, held: list[ElectionT]) -> float | None:
+        """Time left to the earliest local deadline of ``held`` (or the lease's)."""
+        deadline = min((e._mastership.deadline for e in held), default=self.lease_deadline)
+        return deadline - trio.current_time() if math.isfinite(deadline) else None
 
     async def _renew_loop(self) -> None:
         with self._renewing:
@@ -573,6 +678,10 @@ class BaseFactory(ABC, Generic[ElectionT]):
         delay = self.renew_interval
         while True:
             await trio.sleep(delay)
+            for election in list(self._elections.values()):
+                if election._mastership.granted and not election._mastership.held:
+                    # Its scopes ended at the deadline already; now say so.
+                    election._lost("backend unreachable past the local deadline")
             held = [e for e in self._elections.values() if e._mastership.granted]
             renewal_sent = trio.current_time()
             try:
@@ -582,7 +691,21 @@ class BaseFactory(ABC, Generic[ElectionT]):
             except (ElectionError, trio.TooSlowError) as exc:
                 # Unreachable, or an error answer: either way nothing was
                 # confirmed or refused. Retry soon; terms run to their deadline.
-                log.warning("%s: renewal failed, retrying: %r", self._instance_id, exc)
+                self._renewal_failures += 1
+                reason = (
+                    f"no answer within {self.renew_interval:g} s"
+                    if isinstance(exc, trio.TooSlowError)
+                    else str(exc)
+                )
+                self._emit(
+                    ElectionEvent(
+                        "renewal_failed",
+                        self._instance_id,
+                        reason=reason,
+                        seconds=trio.current_time() - renewal_sent,
+                        headroom=self._headroom(held),
+                    )
+                )
                 delay = self.retry_interval
                 continue
             self._confirm(renewal_sent, held, renewal)

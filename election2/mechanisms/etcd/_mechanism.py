@@ -336,7 +336,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         self.lease_id = None
         for election in list(self._candidacies.values()):
             if election._candidacy is not None and election._candidacy.lease_id == lease_id:
-                self._candidacy_deleted(election)
+                self._candidacy_deleted(election, "the lease expired")
 
     async def _open(self) -> None:
         # No lease yet: the first campaign takes one, so a factory that only
@@ -540,10 +540,10 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         for resource_id in touched:
             self._view(resource_id).notify()
 
-    def _candidacy_deleted(self, election: EtcdElection) -> None:
+    def _candidacy_deleted(self, election: EtcdElection, reason: str = "key deleted") -> None:
         """Our key was deleted (resign, revoke, or someone else): the term is over."""
         election._forget_candidacy()
-        election._lost()
+        election._lost(reason)
 
     def _resource_of(self, key: str) -> str | None:
         head = self.prefix + "/"
