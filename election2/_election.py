@@ -192,7 +192,7 @@ class BaseElection(ABC, Generic[FactoryT]):
                 return
             # The local deadline passed without the backend saying so: we cannot
             # tell whether the term survived, so start a fresh one.
-            self._mastership.end()
+            self._lost("backend unreachable past the local deadline")
             if self._in_backend and not await self._release_now():
                 # An earlier candidacy may still be there: a campaign now could
                 # find it and reuse its term (and its fencing token).
