@@ -14,6 +14,11 @@ term, nor ``election2``:
   ``kill_after`` seconds later if it is still there; once it is gone the
   election is resigned, so a successor starts at once;
 * the command exits: whatever is left in its group is killed, then resign.
+
+With ``metrics_port``, Prometheus metrics (:mod:`election2.metrics`, on a
+registry of their own) and ``/healthz`` are served on that port from before
+the campaign (a waiting instance exports ``election2_is_master`` 0) until
+``election2`` exits.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import trio
 
@@ -75,6 +83,8 @@ class RunOptions:
     timeout: float | None = None
     #: Seconds between SIGTERM and SIGKILL; None: :func:`default_kill_after`.
     kill_after: float | None = None
+    #: Serve /metrics and /healthz on this port (every interface) while running.
+    metrics_port: int | None = None
 
 
 async def run_command(options: RunOptions) -> int:
@@ -106,7 +116,10 @@ class _Supervisor:
         ) as factory:
             assert isinstance(factory, BaseFactory)
             self.kill_after = self._checked_kill_after(factory.ttl)
-            async with await factory.new_election(self.options.resource_id) as election:
+            async with (
+                self._exporting_metrics(factory),
+                await factory.new_election(self.options.resource_id) as election,
+            ):
                 if not await self._campaign(factory, election):
                     return EXIT_TIMEOUT if self.stopped_by is None else 128 + self.stopped_by
                 async with trio.open_nursery() as nursery:  # kill timers
@@ -116,6 +129,33 @@ class _Supervisor:
                 if status != EXIT_LOST:
                     await election.resign()  # the successor starts now, not at close
                 return status
+
+    @asynccontextmanager
+    async def _exporting_metrics(self, factory: BaseFactory[Any]) -> AsyncIterator[None]:
+        """Serve the factory's metrics and health on ``metrics_port``, if set,
+        while the block runs."""
+        port = self.options.metrics_port
+        if port is None:
+            yield
+            return
+        # Imported here: prometheus-client is an optional extra, and without it
+        # this first import raises the ConfigurationError that says how to get it.
+        from .metrics import PrometheusMetrics, serve_metrics
+
+        # isort: split
+        from prometheus_client import CollectorRegistry
+
+        metrics = PrometheusMetrics(CollectorRegistry())
+        metrics.attach(factory)
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(
+                partial(serve_metrics, port, registry=metrics.registry, health=factory.health)
+            )
+            say(f"serving /metrics and /healthz on 0.0.0.0:{bound}")
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
 
     def _checked_kill_after(self, ttl: float) -> float:
         kill_after = self.options.kill_after

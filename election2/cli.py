@@ -86,6 +86,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return value
+
+
 def _version() -> str:
     try:
         return version("election2")
@@ -129,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
         "--kill-after",
         type=_seconds,
         help="seconds from SIGTERM to SIGKILL; below TTL/2 (default TTL/4, at most 5)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="P",
+        help="serve Prometheus /metrics and /healthz on port P of every interface "
+        "(needs election2[prometheus])",
     )
     return parser
 
@@ -178,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ttl=args.ttl,
             timeout=args.timeout,
             kill_after=args.kill_after,
+            metrics_port=args.metrics_port,
         )
         return trio.run(run_command, options)
     except (ConfigurationError, InvalidResourceIdError) as exc:

@@ -61,6 +61,11 @@ class ShardedOwnership:
         self._owned: set[str] = set()
 
     @property
+    def instance_id(self) -> str:
+        """The instance this ownership works for (its factory's)."""
+        return self._factory.instance_id
+
+    @property
     def owned(self) -> frozenset[str]:
         """The resources this instance is master of and working on right now."""
         return frozenset(self._owned)
