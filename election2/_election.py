@@ -263,8 +263,7 @@ class BaseElection(ABC, Generic[FactoryT]):
         self._check_open()
         if not self._mastership.granted:
             return
-        self._emit("resigned", reason="resigned")
-        self._mastership.end()
+        self._end_term("resigned")
         await self._release_now()
 
     async def close(self) -> None:
@@ -276,9 +275,7 @@ class BaseElection(ABC, Generic[FactoryT]):
         self._closed = True
         for pending in self._pending:
             pending.cancel()
-        if self._mastership.granted:
-            self._emit("resigned", reason="closed")
-        self._mastership.end()
+        self._end_term("closed")
         try:
             if self._in_backend:
                 await self._release_now()
@@ -346,6 +343,15 @@ class BaseElection(ABC, Generic[FactoryT]):
         return False
 
     # -- used by factories -----------------------------------------------------
+
+    def _end_term(self, reason: str) -> None:
+        """End the term at our request (``reason``: resigned or closed); one
+        whose local deadline already passed was lost, not given up."""
+        if self._mastership.held:
+            self._emit("resigned", reason=reason)
+            self._mastership.end()
+        else:
+            self._lost("backend unreachable past the local deadline")
 
     def _lost(self, reason: str) -> None:
         """The term ended without us asking (refused renewal, key deleted,
@@ -636,7 +642,9 @@ class BaseFactory(ABC, Generic[ElectionT]):
         try:
             while election._in_backend and election._campaigns == campaign:
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
-                if await election._release_now(campaign=campaign):
+                if await election._release_now(campaign=campaign) and (
+                    election._campaigns == campaign
+                ):
                     log.info("%s: released %r", self._instance_id, election.resource_id)
                 delay = min(delay * 2, self.renew_interval)
         finally:

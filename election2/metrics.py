@@ -23,8 +23,8 @@ The metrics (every one labelled ``instance_id``):
     renewals that got no answer (each retry counts).
 ``election2_deadline_headroom_seconds{instance_id}``
     time left to the local deadline after the last renewal attempt, successful
-    or not: a healthy instance shows about two thirds of the TTL, one whose
-    renewals fail shows it shrink towards 0.
+    or not: right after a healthy renewal about the TTL (less the drift
+    margin); one whose renewals fail shows it shrink towards 0.
 ``election2_owned_resources{instance_id}``
     how many resources a tracked :class:`~election2.ownership.ShardedOwnership`
     owns now.

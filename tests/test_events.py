@@ -84,6 +84,7 @@ async def test_listeners_get_every_event(backend: MemoryBackend) -> None:
     events: list[ElectionEvent] = []
     async with backend.open_factory("a") as fa, backend.open_factory("b") as fb:
         fa.add_listener(events.append)
+
         def broken(event: ElectionEvent) -> None:
             raise RuntimeError("a broken listener changes nothing")
 
@@ -125,3 +126,21 @@ async def test_health_follows_renewals(backend: MemoryBackend) -> None:
         await trio.sleep(fa.retry_interval * 1.5)
         assert fa.health().healthy
     assert not fa.health().healthy
+
+
+async def test_closing_a_term_past_its_deadline_reports_a_loss(backend: MemoryBackend) -> None:
+    events: list[ElectionEvent] = []
+    async with backend.open_factory("a") as fa:
+        fa.add_listener(events.append)
+        election = await fa.new_election("job")
+        await election.await_mastership()
+        backend.partition("a")
+        async with election.with_mastership() as scope:
+            await trio.sleep_forever()  # until the local deadline
+        assert scope.cancelled_caught
+        await election.close()  # before the renewal loop noticed
+        backend.heal("a")
+    ended = [e for e in events if e.kind in ("lost", "resigned")]
+    assert [(e.kind, e.reason) for e in ended] == [
+        ("lost", "backend unreachable past the local deadline")
+    ]
