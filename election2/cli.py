@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="election2",
         description="Per-resource master election on etcd, Redis or in memory.",
-        epilog=URLS,
+        epilog=f"{URLS}\n{EXIT_STATUSES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"election2 {_version()}")

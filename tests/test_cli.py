@@ -50,3 +50,13 @@ def test_bad_url_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_resource_id_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["leader", "memory://cli-bad", "a/b"]) == 2
     assert "'a/b'" in capsys.readouterr().err
+
+
+def test_help_shows_url_syntax_and_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["run", "--help"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert "etcd://HOST:PORT" in out and "[::1]" in out
+        assert "mastership lost" in out and "127" in out
