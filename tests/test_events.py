@@ -11,12 +11,7 @@ from election2 import ElectionEvent
 from election2.mechanisms.memory import MemoryBackend
 
 pytestmark = pytest.mark.autojump_clock
-TTL = 10.0
-
-
-@pytest.fixture
-def backend() -> MemoryBackend:
-    return MemoryBackend(ttl=TTL)
+TTL = 10.0  # the ttl of the `backend` fixture
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> list[str]:

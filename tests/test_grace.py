@@ -11,12 +11,7 @@ from election2 import ConfigurationError
 from election2.mechanisms.memory import MemoryBackend
 
 pytestmark = pytest.mark.autojump_clock
-TTL = 10.0
-
-
-@pytest.fixture
-def backend() -> MemoryBackend:
-    return MemoryBackend(ttl=TTL)
+TTL = 10.0  # the ttl of the `backend` fixture
 
 
 async def test_grace_scope_ends_grace_seconds_before_the_plain_one(backend: MemoryBackend) -> None:

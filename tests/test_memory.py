@@ -15,12 +15,7 @@ from election2 import ConfigurationError, MechanismUnavailableError
 from election2.mechanisms.memory import MemoryBackend
 
 pytestmark = pytest.mark.autojump_clock
-TTL = 10.0
-
-
-@pytest.fixture
-def backend() -> MemoryBackend:
-    return MemoryBackend(ttl=TTL)
+TTL = 10.0  # the ttl of the `backend` fixture
 
 
 async def test_crash_hands_over_after_one_ttl(backend: MemoryBackend) -> None:
