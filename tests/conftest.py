@@ -14,6 +14,6 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def backend() -> MemoryBackend:
-    """A fresh in-memory backend with a 10 s TTL (drive it with the mock clock)."""
-    return MemoryBackend(ttl=10.0)
+def backend(memory_backend: MemoryBackend) -> MemoryBackend:
+    """The plugin's fresh ``memory_backend`` (10 s TTL), under a short name."""
+    return memory_backend
