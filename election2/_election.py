@@ -103,6 +103,8 @@ class Factory(Protocol):
     def instance_id(self) -> str: ...
 
     async def new_election(self, resource_id: str) -> Election: ...
+    async def members(self) -> frozenset[str]: ...
+    def observe_members(self) -> AbstractAsyncContextManager[AsyncIterator[frozenset[str]]]: ...
 
 
 FactoryT = TypeVar("FactoryT", bound="BaseFactory")  # type: ignore[type-arg]
@@ -200,6 +202,7 @@ class BaseElection(ABC, Generic[FactoryT]):
                     f"cannot campaign for {self._resource_id!r}: the previous candidacy "
                     "is not released yet (retrying in the background)"
                 )
+            await self._factory._join()
             started = trio.current_time()
             self._emit("campaign")
             with trio.CancelScope() as pending:
@@ -386,21 +389,24 @@ class BaseElection(ABC, Generic[FactoryT]):
         )
 
 
-class _Distinct:
-    """Drop consecutive repeats from a leader feed."""
+ValueT = TypeVar("ValueT")
+
+
+class _Distinct(Generic[ValueT]):
+    """Drop consecutive repeats from a feed (leaders, member sets)."""
 
     _unset = object()
 
-    def __init__(self, source: AsyncIterator[str | None]) -> None:
+    def __init__(self, source: AsyncIterator[ValueT]) -> None:
         self._source = source
         self._last: object = self._unset
 
-    def __aiter__(self) -> _Distinct:
+    def __aiter__(self) -> _Distinct[ValueT]:
         return self
 
-    async def __anext__(self) -> str | None:
+    async def __anext__(self) -> ValueT:
         while True:
-            with public_errors("observing the leader"):
+            with public_errors("observing"):
                 value = await self._source.__anext__()
             if value != self._last:
                 self._last = value
@@ -509,6 +515,8 @@ class BaseFactory(ABC, Generic[ElectionT]):
         #: Local expiry of the factory's session (lease mechanisms); -inf if none.
         self.lease_deadline = -math.inf
         self._elections: dict[str, ElectionT] = {}
+        self._join_lock = trio.Lock()
+        self._joined = False
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._renewing = trio.CancelScope()
@@ -560,7 +568,50 @@ class BaseFactory(ABC, Generic[ElectionT]):
     async def _close_session(self) -> None:
         """Release the session (revoke the lease, close connections). Shielded."""
 
+    async def _register_presence(self) -> None:
+        """Make this instance a member: a presence record tied to the session
+        (kept alive with it, gone within a TTL of a crash), outside the
+        resource namespace. Called once, before the first campaign or
+        membership query."""
+
+    async def _read_members(self) -> frozenset[str]:
+        """The instance ids with a live presence record."""
+        raise NotImplementedError
+
+    def _member_changes(self) -> AbstractAsyncContextManager[AsyncIterator[frozenset[str]]]:
+        """The current members, then each later value (repeats are fine; take
+        the change signal before yielding, as for leaders)."""
+        raise NotImplementedError
+
     # -- shared behaviour -----------------------------------------------------
+
+    async def members(self) -> frozenset[str]:
+        """The live instances on this backend and prefix, this one included.
+
+        A factory becomes a member when it first campaigns or asks about
+        members (a factory that only reads leaders is none); it stops being one
+        when it closes, or within a TTL and a second of a crash.
+        """
+        await self._join()
+        with public_errors("members"):
+            return await self._read_members()
+
+    @asynccontextmanager
+    async def observe_members(self) -> AsyncIterator[AsyncIterator[frozenset[str]]]:
+        """Iterate over the set of members: the current one, then every change
+        (coalesced, never stale, like :meth:`BaseElection.observe`)."""
+        await self._join()
+        async with self._member_changes() as changes:
+            yield _Distinct(changes)
+
+    async def _join(self) -> None:
+        if self._closed:
+            raise ElectionClosedError(f"factory {self._instance_id!r} is closed")
+        async with self._join_lock:
+            if not self._joined:
+                with public_errors(f"joining as {self._instance_id!r}"):
+                    await self._register_presence()
+                self._joined = True
 
     async def new_election(self, resource_id: str) -> ElectionT:
         """The election of ``resource_id`` for this instance.

@@ -60,6 +60,9 @@ class MemoryBackend:
         self._terms: dict[str, Term] = {}
         self._changed: dict[str, trio.Event] = {}
         self._open_instances: set[str] = set()
+        #: Instances that joined: members while their lease lives.
+        self._joined: set[str] = set()
+        self._members_changed = trio.Event()
         self._partitioned: set[str] = set()
         self._crashed: set[str] = set()
         self._last_token = 0
@@ -114,6 +117,11 @@ class MemoryBackend:
         term = self._terms.get(resource_id)
         return term.instance_id if term else None
 
+    def members(self) -> frozenset[str]:
+        """The instances that joined and whose lease is alive right now."""
+        self._expire_leases()
+        return frozenset(i for i in self._joined if i in self._lease_expiry)
+
     def candidates(self, resource_id: str) -> list[str]:
         """The queue of ``resource_id``, master first."""
         self._expire_leases()
@@ -137,10 +145,18 @@ class MemoryBackend:
         self._open_instances.add(instance_id)
 
     def _unregister(self, instance_id: str) -> None:
-        """Close the instance's session; a crashed or cut-off one cannot revoke."""
+        """Close the instance's session; a crashed or cut-off one cannot revoke
+        (it stays a member until its lease expires)."""
         self._open_instances.discard(instance_id)
         if instance_id not in self._crashed | self._partitioned:
             self._revoke(instance_id)
+            self._joined.discard(instance_id)
+            self._notify_members()
+
+    def _join(self, instance_id: str) -> None:
+        self._check_reachable(instance_id)
+        self._joined.add(instance_id)
+        self._notify_members()
 
     def _keep_alive(self, instance_id: str) -> bool:
         """Refresh the instance's lease, or grant one; False if it had expired."""
@@ -148,6 +164,8 @@ class MemoryBackend:
         self._expire_leases()
         alive = instance_id in self._lease_expiry
         self._lease_expiry[instance_id] = trio.current_time() + self.ttl
+        if not alive and instance_id in self._joined:
+            self._notify_members()  # a member again
         return alive
 
     def _has_lease(self, instance_id: str) -> bool:
@@ -155,7 +173,8 @@ class MemoryBackend:
         return instance_id in self._lease_expiry
 
     def _revoke(self, instance_id: str) -> None:
-        self._lease_expiry.pop(instance_id, None)
+        if self._lease_expiry.pop(instance_id, None) is not None and instance_id in self._joined:
+            self._notify_members()
         for resource_id in list(self._queues):
             self._withdraw(resource_id, instance_id)
 
@@ -218,6 +237,17 @@ class MemoryBackend:
         event = self._change_of(resource_id) if change is None else change
         with trio.move_on_at(self._next_expiry(resource_id)):
             await event.wait()
+        self._expire_leases()
+
+    def _notify_members(self) -> None:
+        self._members_changed.set()
+        self._members_changed = trio.Event()
+
+    async def _wait_for_members(self, change: trio.Event) -> None:
+        """Sleep until ``change`` is set or a member's lease expires."""
+        expiries = (self._lease_expiry.get(i, math.inf) for i in self._joined)
+        with trio.move_on_at(min(expiries, default=math.inf)):
+            await change.wait()
         self._expire_leases()
 
     def _notify(self, resource_id: str) -> None:
@@ -305,6 +335,27 @@ class MemoryFactory(BaseFactory[MemoryElection]):
     async def _close_session(self) -> None:
         await trio.lowlevel.checkpoint()
         self.backend._unregister(self.instance_id)
+
+    async def _register_presence(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.backend._join(self.instance_id)
+
+    async def _read_members(self) -> frozenset[str]:
+        await trio.lowlevel.checkpoint()
+        self.backend._check_reachable(self.instance_id)
+        return self.backend.members()
+
+    @asynccontextmanager
+    async def _member_changes(self) -> AsyncIterator[AsyncIterator[frozenset[str]]]:
+        yield self._follow_members()
+
+    async def _follow_members(self) -> AsyncIterator[frozenset[str]]:
+        backend = self.backend
+        while True:
+            backend._check_reachable(self.instance_id)
+            change = backend._members_changed  # taken before yielding
+            yield backend.members()
+            await backend._wait_for_members(change)
 
 
 @asynccontextmanager

@@ -674,6 +674,63 @@ class ElectionConformance:
             with trio.fail_after(self.ttl):
                 assert await ea.leader() == "b"
 
+    # -- membership -------------------------------------------------------------------
+
+    async def wait_for_members(self, factory: Factory, expected: set[str], limit: float) -> None:
+        with trio.fail_after(limit):
+            while await factory.members() != expected:
+                await trio.sleep(self.ttl / 50)
+
+    async def test_members_are_the_instances_that_joined(self) -> None:
+        async with self.factories("a", "b", "c") as (fa, fb, fc):
+            assert "a" in await fa.members()
+            await fb.members()
+            await (await fc.new_election("res")).await_mastership()  # campaigning joins too
+            await self.wait_for_members(fa, {"a", "b", "c"}, self._handover_limit)
+            assert await fc.members() == {"a", "b", "c"}
+
+    async def test_reading_leaders_does_not_join(self) -> None:
+        async with self.factories("a", "reader") as (fa, reader):
+            await fa.members()
+            assert await (await reader.new_election("res")).leader() is None
+            await trio.sleep(self.ttl / 10)
+            assert await fa.members() == {"a"}
+
+    async def test_a_closed_member_leaves_at_once(self) -> None:
+        async with self.factories("a") as (fa,):
+            async with self.open_factory("b") as fb:
+                await fb.members()
+                await self.wait_for_members(fa, {"a", "b"}, self._handover_limit)
+            await self.wait_for_members(fa, {"a"}, self._handover_limit)
+
+    async def test_a_cut_off_member_leaves_within_a_ttl_and_comes_back(self) -> None:
+        async with self.factories("a", "b") as (fa, fb):
+            await fb.members()
+            await self.wait_for_members(fa, {"a", "b"}, self._handover_limit)
+            await self.cut_off(fb)
+            try:
+                await self.wait_for_members(fa, {"a"}, self.ttl + 1)
+            finally:
+                await self.reconnect(fb)
+            await self.wait_for_members(fa, {"a", "b"}, self.ttl)
+
+    async def test_observe_members_follows_joins_and_leaves(self) -> None:
+        async with self.factories("a") as (fa,):
+            async with fa.observe_members() as changes:
+
+                async def until(expected: set[str]) -> None:
+                    with trio.fail_after(self._handover_limit):
+                        async for members in changes:
+                            if members == expected:
+                                return
+
+                await until({"a"})
+                async with self.open_factory("b") as fb:
+                    await fb.members()
+                    await until({"a", "b"})
+                    await trio.sleep(self.ttl / 10)  # busy: changes coalesce, none is lost
+                await until({"a"})
+
     # -- bad input ----------------------------------------------------------------
 
     @pytest.mark.parametrize("bad_id", BAD_RESOURCE_IDS, ids=repr)
