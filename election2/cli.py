@@ -32,7 +32,7 @@ from ._supervisor import (
     run_command,
     say,
 )
-from .demo import run_demo
+from .demo import SCENES, run_demo
 from .errors import ConfigurationError, ElectionError, InvalidResourceIdError
 from .mechanisms import open_factory
 
@@ -117,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--virtual-time", action="store_true", help="run on trio's MockClock: instant"
     )
+    demo.add_argument(
+        "--scene",
+        choices=["all", *SCENES],
+        default="all",
+        help="one election, a sharded fleet, or both (all)",
+    )
     for name, text in (("leader", "print the current leader"), ("observe", "follow the leader")):
         sub = commands.add_parser(
             name, help=text, epilog=URLS, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -177,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"'--' is only for 'election2 run', not {args.command!r}")
     try:
         if args.command == "demo":
-            return run_demo(ttl=args.ttl, virtual_time=args.virtual_time)
+            scenes = SCENES if args.scene == "all" else (args.scene,)
+            return run_demo(ttl=args.ttl, virtual_time=args.virtual_time, scenes=scenes)
         if args.command == "leader":
             return trio.run(_leader, args.url, args.resource_id)
         if args.command == "observe":

@@ -1,4 +1,5 @@
-"""``election2 demo``: three candidates, one resource, the in-memory backend.
+"""``election2 demo``: three candidates, one resource, the in-memory backend
+(then the sharded-ownership scene of :mod:`election2._sharding_demo`).
 
 The story: alpha wins and works; alpha resigns and beta takes over at once
 (alpha queues again); beta is cut off from the backend, so its guarded work
@@ -15,6 +16,7 @@ import sys
 import trio
 import trio.testing
 
+from ._sharding_demo import sharding_scene
 from .errors import MechanismUnavailableError
 from .mechanisms.memory import MemoryBackend, MemoryElection, MemoryFactory
 
@@ -166,9 +168,19 @@ async def _resign_current(backend: MemoryBackend, instances: dict[str, _Instance
     return leader
 
 
-def run_demo(*, ttl: float = 2.0, virtual_time: bool = False) -> int:
-    """Run the demo; returns the process exit status."""
-    logging.getLogger("election2").setLevel(logging.ERROR)  # expected renewal failures
+SCENES = ("election", "sharding")
+
+
+def run_demo(
+    *, ttl: float = 2.0, virtual_time: bool = False, scenes: tuple[str, ...] = SCENES
+) -> int:
+    """Run the demo's ``scenes``; returns the process exit status."""
+    logging.getLogger("election2").setLevel(logging.CRITICAL)  # the faults are staged
     clock = trio.testing.MockClock(autojump_threshold=0) if virtual_time else None
-    trio.run(_demo, ttl, sys.stdout.isatty(), clock=clock)
+    terminal = sys.stdout.isatty()
+    if "election" in scenes:
+        trio.run(_demo, ttl, terminal, clock=clock)
+    if "sharding" in scenes:
+        print("\n\nSharded ownership: a fleet shares 12 shards by itself\n")
+        trio.run(sharding_scene, ttl, terminal and not virtual_time, clock=clock)
     return 0

@@ -17,6 +17,12 @@ def test_demo_runs_in_virtual_time(capsys: pytest.CaptureFixture[str]) -> None:
     assert "never two masters" in out
     assert "failover gamma -> alpha after 2.00s (TTL 2s)" in out
     assert "Fencing tokens strictly increased" in out
+    # The sharded-ownership scene: balanced shares, a join, a crash.
+    assert "delta joined" in out
+    assert "beta crashed: its shards owned again after 2.00s (TTL 2s)" in out
+    assert "No shard ever had two masters at once." in out
+    for row in ("alpha           4", "gamma           4", "delta           4", "unowned         0"):
+        assert row in out
 
 
 def test_demo_as_module_exits_zero() -> None:
