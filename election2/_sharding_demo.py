@@ -8,6 +8,7 @@ in place on a terminal, and printed after each step otherwise.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import trio
@@ -131,6 +132,6 @@ async def sharding_scene(ttl: float, live: bool) -> None:
     table.live = False
     for resource_id in SHARDS:
         terms = sorted((t.start, t.end) for t in backend.history if t.resource_id == resource_id)
-        for (_, end), (start, _) in zip(terms, terms[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(terms):
             assert end is not None and end <= start, resource_id
     print("\nNo shard ever had two masters at once.")
