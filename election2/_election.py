@@ -436,7 +436,16 @@ def public_errors(what: str) -> Iterator[None]:
     except Exception as exc:
         if type(exc) is ElectionError:
             raise
-        raise MechanismUnavailableError(f"{what}: {exc}") from exc
+        # Several concurrent calls failing at once: say what each one said.
+        detail = "; ".join(dict.fromkeys(str(leaf) for leaf in _leaves(exc)))
+        raise MechanismUnavailableError(f"{what}: {detail}") from exc
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``error`` itself."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
 
 
 @contextlib.contextmanager
@@ -450,14 +459,7 @@ def single_exception() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-        pending: list[BaseException] = [group]
-        while pending:
-            current = pending.pop()
-            if isinstance(current, BaseExceptionGroup):
-                pending.extend(current.exceptions)
-            else:
-                leaves.append(current)
+        leaves = _leaves(group)
         if len(leaves) == 1:
             raise leaves[0] from None
         raise

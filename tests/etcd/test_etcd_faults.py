@@ -211,7 +211,7 @@ async def test_nothing_left_after_close(etcd_server: EtcdMember, prefix: str) ->
     async with election2.open_factory(url_of(etcd_server, prefix), instance_id="a") as factory:
         for name in ("one", "two"):
             await (await factory.new_election(name)).await_mastership()
-        assert len(await keys_under(etcd_server, prefix)) == 2
+        assert len(await keys_under(etcd_server, prefix)) == 3  # two candidacies, a presence
         lease_id = factory.lease_id  # type: ignore[attr-defined]
     assert await keys_under(etcd_server, prefix) == []
     client = EtcdClient([f"http://{etcd_server.endpoint}"])

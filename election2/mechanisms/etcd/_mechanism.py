@@ -8,6 +8,17 @@ lowest create revision, and each candidate waits for the deletion of its
 predecessor — the protocol of Go's ``concurrency.Election`` and
 ``etcdctl elect``, so they take part in the same elections. The fencing token
 is the key's create revision.
+
+Membership: a factory that joins (its first campaign or membership query) puts
+a presence key ``<PREFIX>/member:<instance id>`` (value: its instance id) on the
+same lease. It has two segments under the prefix, so it lies outside every
+resource's range ``<PREFIX>/<resource>/`` (resource and instance ids cannot
+contain ``/``); a resource named ``member:x`` has its keys *below*
+``<PREFIX>/member:x/``, which the members' read filters out. The keepalive that
+keeps the candidacies alive keeps the presence key alive: membership costs no
+writes at rest. The key goes when the lease is revoked (close) or expires
+(crash); a renewal verifies it by create revision like the candidacy keys and
+puts it again (on a new lease, if the old one was lost) at once.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from dataclasses import dataclass
 import trio
 
 from ..._election import BaseElection, BaseFactory, Renewal, single_exception
-from ...errors import ConfigurationError, MechanismUnavailableError
+from ...errors import ConfigurationError, ElectionClosedError, MechanismUnavailableError
 from ._batch import TxnBatcher
 from ._client import EtcdClient, EtcdError, KeyValue, b64, kvs_of, range_request
 
@@ -32,6 +43,9 @@ log = logging.getLogger("election2.etcd")
 
 #: etcd's default limit of operations per transaction (``--max-txn-ops``).
 MAX_TXN_OPS = 128
+
+#: Presence keys are ``<PREFIX>/<MEMBER_MARKER><instance id>``.
+MEMBER_MARKER = "member:"
 
 
 def _lease_not_found(error: EtcdError) -> bool:
@@ -52,6 +66,16 @@ class _Candidacy:
         """Whether a deletion at ``revision`` removed this candidacy's key
         (not an earlier key of the same name)."""
         return 0 < self.create_revision < revision
+
+
+@dataclass
+class _Presence:
+    """Our presence key: on which lease we put it, and its create revision
+    (0 while a put is in flight, or once a renewal found it gone)."""
+
+    key: str
+    lease_id: int = 0
+    create_revision: int = 0
 
 
 class _ResourceView:
@@ -286,6 +310,13 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         #: check that the watch is not silent.
         self._watchers = 0
         self._watch_connection = trio.CancelScope()
+        #: Set once the factory joined: renewals keep the key there from then on.
+        self._presence: _Presence | None = None
+        self._presence_lock = trio.Lock()
+        #: The store revision of our latest presence put: an observer of the
+        #: members waits for the mirror to reach it (it sees itself).
+        self._presence_revision = 0
+        self._members_changed = trio.Event()
 
     def _create_election(self, resource_id: str) -> EtcdElection:
         return EtcdElection(self, resource_id)
@@ -324,13 +355,17 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         """The factory's lease; granted first if there is none (one grant for
         all the campaigns that find it missing at once)."""
         async with self._lease_lock:
+            if self._closed:  # a lease granted now would outlive the factory
+                raise ElectionClosedError(f"factory {self.instance_id!r} is closed")
             if self.lease_id is None:
                 return await self._grant()
             return self.lease_id
 
     def _lease_lost(self, lease_id: int) -> None:
         """etcd no longer has ``lease_id``: every key on it is gone, and so is
-        every term and candidacy on it. The next campaign takes a new lease."""
+        every term and candidacy on it. The next campaign takes a new lease;
+        so does the next renewal of a factory that joined (its presence key
+        must come back)."""
         if self.lease_id != lease_id:
             return  # already replaced
         self.lease_id = None
@@ -347,7 +382,9 @@ class EtcdFactory(BaseFactory[EtcdElection]):
     async def _renew(self, held: list[EtcdElection]) -> Renewal[EtcdElection]:
         lease_id = self.lease_id
         if lease_id is None:  # nothing campaigned since the lease was lost, if ever
-            await self._verify([])  # the watch's health, for observers
+            if self._presence is not None:
+                await self._put_presence(self._presence)  # a member takes a new lease at once
+            await self._verify([], None)  # the watch's health, for observers
             return Renewal(refused=frozenset(held))
         ttl_left = 0
         gone: set[EtcdElection] = set()
@@ -357,7 +394,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
             ttl_left = await self.client.lease_keep_alive(lease_id)
 
         async def verify() -> None:
-            gone.update(await self._verify(held))
+            gone.update(await self._verify(held, lease_id))
 
         with single_exception():
             async with trio.open_nursery() as nursery:
@@ -365,9 +402,25 @@ class EtcdFactory(BaseFactory[EtcdElection]):
                 nursery.start_soon(verify)
         if ttl_left <= 0:
             # The lease expired (an outage longer than the TTL): the next
-            # campaign takes a new one.
+            # campaign takes a new one, and a member takes one now, to put its
+            # presence key again (a failure here is retried soon, like any
+            # failed renewal; the terms on the old lease are over already).
             self._lease_lost(lease_id)
+            if self._presence is not None:
+                await self._put_presence(self._presence)
             return Renewal(refused=frozenset(held))
+        presence = self._presence
+        if presence is not None and (presence.lease_id != lease_id or not presence.create_revision):
+            # Deleted behind our back, or a campaign replaced the lease. The
+            # lease is alive, so the terms are confirmed whatever this does.
+            try:
+                await self._put_presence(presence)
+            except (MechanismUnavailableError, EtcdError) as exc:
+                log.warning(
+                    "%s: could not put the presence key back, retrying: %s",
+                    self.instance_id,
+                    exc,
+                )
         return Renewal(
             refused=frozenset(
                 e
@@ -376,14 +429,19 @@ class EtcdFactory(BaseFactory[EtcdElection]):
             )
         )
 
-    async def _verify(self, held: list[EtcdElection]) -> set[EtcdElection]:
+    async def _verify(self, held: list[EtcdElection], lease_id: int | None) -> set[EtcdElection]:
         """The held terms whose key is gone or was put anew since the term
-        began (compared by create revision); checks the watch's mirror too."""
-        checked = [
+        began (compared by create revision); checks our presence key on
+        ``lease_id`` the same way (marking it for a put if it is gone), and
+        the watch's mirror."""
+        checked: list[tuple[EtcdElection | _Presence, _Candidacy | _Presence]] = [
             (election, candidacy)
             for election in held
             if (candidacy := election._candidacy) is not None and candidacy.create_revision
         ]
+        presence = self._presence
+        if presence is not None and presence.create_revision and presence.lease_id == lease_id:
+            checked.append((presence, _Presence(presence.key, lease_id, presence.create_revision)))
         watched, mirrored = self._watched_revision, self._mirrored
         # Is the mirror complete? Same key count, and no key put since the
         # watch's last event. (etcd's count ignores revision filters, hence a
@@ -422,10 +480,17 @@ class EtcdFactory(BaseFactory[EtcdElection]):
             )
             responses = answer.get("responses", [])
             if not answer.get("succeeded"):
-                for (election, candidacy), response in zip(chunk, responses, strict=False):
+                for (owner, record), response in zip(chunk, responses, strict=False):
                     kvs = kvs_of(response)
-                    if not kvs or kvs[0].create_revision != candidacy.create_revision:
-                        gone.add(election)
+                    if kvs and kvs[0].create_revision == record.create_revision:
+                        continue
+                    if isinstance(owner, EtcdElection):
+                        gone.add(owner)
+                    elif (owner.lease_id, owner.create_revision) == (
+                        record.lease_id,
+                        record.create_revision,
+                    ):  # not put again meanwhile
+                        owner.create_revision = 0
                 responses = responses[len(chunk) :]
             if extra:
                 total, newer = (response.get("response_range", {}) for response in responses)
@@ -453,13 +518,98 @@ class EtcdFactory(BaseFactory[EtcdElection]):
             self._lagging_at = watched
 
     async def _close_session(self) -> None:
-        try:
-            if self.lease_id is not None:
-                await self.client.lease_revoke(self.lease_id)
-        except (MechanismUnavailableError, EtcdError):
-            pass  # the lease expires by itself
-        finally:
-            self.lease_id = None  # the client is closed by open_factory, last
+        # After a grant in flight (the factory is closed: no grant follows),
+        # so that revoking takes the presence key with it.
+        async with self._lease_lock:
+            try:
+                if self.lease_id is not None:
+                    await self.client.lease_revoke(self.lease_id)
+            except (MechanismUnavailableError, EtcdError):
+                pass  # the lease expires by itself
+            finally:
+                self.lease_id = None  # the client is closed by open_factory, last
+
+    # -- membership -------------------------------------------------------------
+
+    @property
+    def members_prefix(self) -> str:
+        """``<PREFIX>/member:`` — the start of every presence key."""
+        return f"{self.prefix}/{MEMBER_MARKER}"
+
+    def _is_presence_key(self, key: str) -> bool:
+        """A presence key: two segments under the prefix (a resource named
+        ``member:x`` has its candidacy keys under ``<PREFIX>/member:x/``)."""
+        head = self.members_prefix
+        return key.startswith(head) and len(key) > len(head) and "/" not in key[len(head) :]
+
+    async def _register_presence(self) -> None:
+        presence = _Presence(self.members_prefix + self.instance_id)
+        await self._put_presence(presence)
+        # Kept there by the renewals from now on. (Not after a failed join: the
+        # core asks again. A key whose put answer was lost is on our lease and
+        # goes with it; the next join puts it again.)
+        self._presence = presence
+
+    async def _put_presence(self, presence: _Presence) -> None:
+        """Put our presence key on the current lease (taking one if there is
+        none), unless it is there already."""
+        async with self._presence_lock:
+            while True:
+                lease_id = await self._current_lease()
+                if presence.lease_id == lease_id and presence.create_revision:
+                    return
+                presence.lease_id, presence.create_revision = lease_id, 0
+                put = {
+                    "key": b64(presence.key),
+                    "value": b64(self.instance_id),
+                    "lease": str(lease_id),
+                    "prev_kv": True,
+                }
+                # Not batched: cancellable, so a renewal keeps to its time
+                # limit (a put cut short is simply made again).
+                try:
+                    answer = await self.client.txn([], [{"request_put": put}], [])
+                except EtcdError as exc:
+                    if not _lease_not_found(exc):
+                        raise
+                    self._lease_lost(lease_id)  # expired unnoticed: take a new one
+                    continue
+                revision = int(answer["header"]["revision"])
+                (response,) = answer.get("responses", [{}])
+                previous = response.get("response_put", {}).get("prev_kv")
+                presence.create_revision = (
+                    int(previous["create_revision"]) if previous is not None else revision
+                )
+                self._presence_revision = max(self._presence_revision, revision)
+                return
+
+    async def _read_members(self) -> frozenset[str]:
+        kvs, _ = await self.client.range_prefix(self.members_prefix)
+        return frozenset(kv.value for kv in kvs if self._is_presence_key(kv.key))
+
+    def _mirrored_members(self) -> frozenset[str]:
+        return frozenset(
+            kv.value for key, kv in self._other_keys.items() if self._is_presence_key(key)
+        )
+
+    @asynccontextmanager
+    async def _member_changes(self) -> AsyncIterator[AsyncIterator[frozenset[str]]]:
+        yield self._follow_members()
+
+    async def _follow_members(self) -> AsyncIterator[frozenset[str]]:
+        with self._watching():
+            while True:
+                # Taken before yielding: a change while the consumer is busy
+                # still wakes the next wait (coalesced, never missed).
+                changed = self._members_changed
+                # Not before the mirror shows our own latest presence put.
+                if self._watched_revision >= self._presence_revision:
+                    yield self._mirrored_members()
+                await changed.wait()
+
+    def _notify_members(self) -> None:
+        self._members_changed.set()
+        self._members_changed = trio.Event()
 
     # -- the watch ------------------------------------------------------------
 
@@ -503,6 +653,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
             view = self._view(resource_id)
             view.keys = fresh.get(resource_id, {})
             view.notify()
+        self._notify_members()
         # A candidacy whose key vanished while we were not watching is over;
         # one put after the read was answered is not.
         present = {kv.key: kv.create_revision for kv in kvs}
@@ -518,6 +669,7 @@ class EtcdFactory(BaseFactory[EtcdElection]):
 
     def _apply(self, events: list[dict[str, object]]) -> None:
         touched: set[str] = set()
+        members_touched = False
         for event in events:
             kv = KeyValue.from_json(event["kv"])  # type: ignore[arg-type]
             self._watched_revision = max(self._watched_revision, kv.mod_revision)
@@ -537,8 +689,12 @@ class EtcdFactory(BaseFactory[EtcdElection]):
                 keys[kv.key] = kv
             if resource_id is not None:
                 touched.add(resource_id)
+            elif self._is_presence_key(kv.key):
+                members_touched = True
         for resource_id in touched:
             self._view(resource_id).notify()
+        if members_touched:
+            self._notify_members()
 
     def _candidacy_deleted(self, election: EtcdElection, reason: str = "key deleted") -> None:
         """Our key was deleted (resign, revoke, or someone else): the term is over."""
