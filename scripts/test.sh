@@ -7,6 +7,7 @@ servers=()
 command -v etcd >/dev/null 2>&1 || servers+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || servers+=(etcd-client)
 command -v redis-server >/dev/null 2>&1 || servers+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || servers+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || servers+=(openssl)  # certificates for the TLS tests
 . scripts/setup-python.sh '.[dev]'
 install_apt "${servers[@]}"

@@ -23,6 +23,7 @@ INSTALL_HINT = {
     "etcd": "apt-get install -y etcd-server etcd-client",
     "etcdctl": "apt-get install -y etcd-client",
     "redis-server": "apt-get install -y redis-server",
+    "redis-cli": "apt-get install -y redis-tools",
     "openssl": "apt-get install -y openssl",
 }
 

@@ -3,9 +3,10 @@
 ``rediss://`` uses TLS. Options (keyword arguments of ``open_factory`` or URL
 query keys): ``ttl`` (seconds, default 10), ``node_timeout`` (per node and
 call; default ttl/100 clamped to [100 ms, 500 ms]), ``close_timeout`` (5 s),
-``key_template`` (default ``"{prefix}/{resource}"``), ``username`` /
-``password`` (AUTH/ACL; also ``redis://user:password@...``), ``ca`` /
-``cert`` / ``key`` (PEM files for TLS). An even number of nodes works but
+``key_template`` (default ``"{prefix}/{resource}"``; one under which a
+resource's key could be ``<prefix>//members``, the members set, is refused),
+``username`` / ``password`` (AUTH/ACL; also ``redis://user:password@...``),
+``ca`` / ``cert`` / ``key`` (PEM files for TLS). An even number of nodes works but
 tolerates no more failures than one node fewer: a warning is logged. Needs the
 ``redis`` extra (coredis).
 """

@@ -14,13 +14,52 @@ is undone without a notice, and the loser retries after a jittered backoff.
 Fencing tokens come from a per-resource counter bumped on each node that
 granted the lock and raised to the term's token on a quorum (and on every
 node where a renewal sets the key again).
+
+Membership. A factory's presence is an entry in the prefix's sorted set
+``<prefix>//members`` on every node: member = instance id, score = expiry in
+ms on that node's clock (its ``TIME``, read inside the script; the same clock
+its PX expiry runs on), never compared across nodes. The set is outside the
+resource namespace: no key of the default template ``{prefix}/{resource}``
+(or its ``:fencing`` counter) contains ``//``, whatever the prefix, since a
+prefix has no empty segment and a resource id no ``/``; a custom
+``key_template`` that could produce the set's name is refused with
+``ConfigurationError`` (checked for the factory's own prefix). An instance
+is a member when a quorum of nodes lists it unexpired.
+
+* Join (first campaign or membership query): the entry is added on every
+  node and must land on a quorum (else ``MechanismUnavailableError``), and
+  ``joined:<id>`` is published on the prefix's channel, so observers update
+  at once. A factory that only reads leaders never joins and writes nothing.
+* The existing renewal, still one ``EXTEND`` call per node per tick (every
+  ttl/3; ttl/10 after a failure), also drops expired entries, sets our
+  expiry to the node's now + ttl (adding the entry again where it is
+  missing: ``joined`` is published then), makes the set expire with its
+  newest entry (nothing is left once every member is gone) and answers with
+  the node's time and the live entries with their expiries.
+* Close removes the entry everywhere (after the joins or renewals still on
+  their way, which could add it back) and publishes ``left:<id>``: a clean
+  leave is seen at once. A crashed or cut-off member's entries expire a ttl
+  after its last renewal reached each node.
+* ``members()`` is a read: a script that lists the entries whose score is
+  above the node's ``TIME``; an id listed by a quorum is a member.
+* Observers read again when a notice comes, and when the member set that
+  the factory's own renewals last saw changes: at a renewal's answer, or at
+  the moment the quorum-th listed expiry passes, moved to the local clock
+  from the answer's arrival (so never before the node's own expiry). A
+  crashed member thus leaves the observed set within a ttl of its last
+  renewal plus one read, and at rest observing costs no command beyond the
+  renewals (the pub/sub listeners' own keepalive ``PING`` apart).
+* One instance id open twice on the same prefix shares one entry: when one
+  closes, the other's next renewal puts it back.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import secrets
+import string
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -29,12 +68,16 @@ from typing import Any
 import coredis
 import trio
 
+from ..._checks import MAX_RESOURCE_ID_LENGTH
 from ..._election import BaseElection, BaseFactory, Renewal, single_exception
-from ...errors import MechanismUnavailableError
+from ...errors import ConfigurationError, ElectionClosedError, MechanismUnavailableError
 from ._redlock import (
     ACQUIRE,
     EXTEND,
     FENCE,
+    JOIN,
+    LEAVE,
+    MEMBERS,
     RELEASE,
     UNDO,
     NodeFailure,
@@ -49,6 +92,50 @@ __all__ = ["RedisElection", "RedisFactory"]
 
 def _pending(result: object) -> bool:
     return isinstance(result, NodeFailure) and result.reason == "no answer yet"
+
+
+#: What a resource id can be (see ``check_resource_id``), as a pattern.
+_RESOURCE_ID = rf"[^/\x00-\x1f\x7f-\x9f]{{1,{MAX_RESOURCE_ID_LENGTH}}}"
+
+
+def members_key_of(prefix: str) -> str:
+    """The prefix's members set: ``<prefix>//members``.
+
+    A prefix has no empty segment and a resource id no ``/``, so no key of
+    the default template ``{prefix}/{resource}`` (nor its ``:fencing``
+    counter) contains ``//``: the set cannot be any resource's key, whatever
+    the prefix (nested prefixes included).
+    """
+    return f"{prefix}//members"
+
+
+def check_members_key(key_template: str, prefix: str, members_key: str) -> None:
+    """Refuse a custom ``key_template`` under which a resource's lock key or
+    fencing counter would be ``members_key`` (for this prefix; keys of other
+    prefixes on the same nodes are the template's author's to keep apart)."""
+    pattern, resource_seen = [], False
+    for literal, field, spec, conversion in string.Formatter().parse(key_template):
+        pattern.append(re.escape(literal))
+        if field is None:
+            continue
+        if spec or conversion or field not in ("prefix", "resource"):
+            pattern.append(".*")  # cannot tell what it becomes: assume anything
+        elif field == "prefix":
+            pattern.append(re.escape(prefix))
+        elif resource_seen:
+            pattern.append("(?P=resource)")
+        else:
+            pattern.append(f"(?P<resource>{_RESOURCE_ID})")
+            resource_seen = True
+    for suffix in ("", ":fencing"):
+        match = re.fullmatch("".join(pattern) + re.escape(suffix), members_key, re.DOTALL)
+        if match is not None:
+            resource = match.groupdict().get("resource")
+            raise ConfigurationError(
+                f"key_template {key_template!r} could give the members set {members_key!r} "
+                f"to a resource{'' if resource is None else f' ({resource!r})'}: "
+                "choose one whose keys never contain '//'"
+            )
 
 
 class _Signals:
@@ -102,7 +189,9 @@ class RedisElection(BaseElection["RedisFactory"]):
                 # that split the nodes between them try again, out of step),
                 # doubling up to the poll interval (someone holds the lock).
                 delay = min(factory.first_retry * 2**lost_rounds, factory.poll_interval)
-                lost_rounds += 1
+                # Capped: 2**1024 rounds would not fit a float (a standby
+                # polling for a long-held lock gets there in ~100 TTLs).
+                lost_rounds = min(lost_rounds + 1, 16)
             if won is not None:
                 return won
             # Wait for a release notice, after which the backoff starts over;
@@ -250,6 +339,22 @@ class RedisFactory(BaseFactory[RedisElection]):
         #: campaign gives up with MechanismUnavailableError.
         self.unreachable_rounds = 3
         self._resource_signals: dict[str, _Signals] = {}
+        self.members_key = members_key_of(prefix)
+        check_members_key(key_template, prefix, self.members_key)
+        #: Our presence is on the nodes (joined, not closed): renewals refresh it.
+        self._present = False
+        #: Per node, the members its latest answer to a join or renewal listed,
+        #: with their local expiry; a node that failed to answer is left out.
+        self._member_expiries: dict[RedisNode, dict[str, float]] = {}
+        self._member_answers = trio.Event()
+        #: The member set as those answers show it; observers re-read when it changes.
+        self._members_view: frozenset[str] | None = None
+        #: Set at every possible change of the members: notices, answers, expiry.
+        self._members_changed = trio.Event()
+        #: Join and renewal calls in flight: each may add our presence again.
+        self._presence_writes = 0
+        self._presence_idle = trio.Event()
+        self._presence_idle.set()
 
     def decided(self, success: Callable[[Any], bool]) -> Callable[[Sequence[object]], bool]:
         """A fan-out is decided once a quorum succeeded or can no longer."""
@@ -299,18 +404,25 @@ class RedisFactory(BaseFactory[RedisElection]):
     async def _follow_channel(self, node: RedisNode) -> None:
         async with node.client.pubsub(channels=[self.channel]) as pubsub:
             async for message in pubsub:
+                if message["type"] == "subscribe":
+                    # (Re)subscribed: a notice may have been missed meanwhile.
+                    self._fire_members()
                 if message["type"] != "message":
                     continue
                 kind, _, resource_id = str(message["data"]).partition(":")
+                if kind in ("joined", "left"):
+                    self._fire_members()
+                    continue
                 signals = self._resource_signals.get(resource_id)
                 if signals is not None:
                     signals.fire(kind)
 
     async def _renew(self, held: list[RedisElection]) -> Renewal[RedisElection]:
         holding = [e for e in held if e._value is not None]
-        if not holding:
-            return Renewal(refused=frozenset(held))
-        keys = [e.key for e in holding] + [e.token_key for e in holding]
+        present = self._present
+        if not holding and not present:
+            return Renewal(refused=frozenset(held))  # a reader writes nothing
+        keys = [self.members_key] + [e.key for e in holding] + [e.token_key for e in holding]
         # A key is set again only where the previous renewal found it missing,
         # only if that renewal found it on a quorum and only before the term's
         # local deadline: nobody else can have held the lock meanwhile, and a
@@ -319,12 +431,13 @@ class RedisFactory(BaseFactory[RedisElection]):
         seen: dict[RedisNode, list[int]] = {}
 
         async def extend(node: RedisNode) -> list[int]:
-            args: list[str | int] = [self.ttl_ms]
+            args: list[str | int] = [self.ttl_ms, self.instance_id if present else "", self.channel]
             for value, token, missing in terms:
                 args += [value, token if node in missing else 0]
+            answers = (await self._presence_call(node, EXTEND, keys, args))[0]
             # Recorded even after the renewal is decided: the slowest node
             # is the one most likely to lack keys.
-            seen[node] = [int(a) for a in await node.run(EXTEND, keys, args)]
+            seen[node] = [int(a) for a in answers]
             return seen[node]
 
         # Unlike an acquire, an extension counts whenever it is answered: its
@@ -338,7 +451,10 @@ class RedisFactory(BaseFactory[RedisElection]):
                 refused = len(answered) - extended
                 if extended < self.quorum and refused <= len(results) - self.quorum:
                     return False
-            return True
+            # Our presence too: refreshed on a quorum, or it cannot be.
+            return not present or quorum_decided(results)
+
+        quorum_decided = self.decided(lambda r: True)
 
         results = await fan_out(
             self.nodes,
@@ -348,7 +464,8 @@ class RedisFactory(BaseFactory[RedisElection]):
             limit=self.renew_interval / 2,
         )
         answered = [r for r in results if not isinstance(r, NodeFailure)]
-        if not answered:
+        if not answered or (not holding and len(answered) < self.quorum):
+            # Nothing renewed: no key, and our presence not on a quorum.
             raise unavailable("cannot extend", results, self.quorum)
         refused, unconfirmed = set(), set()
         for index, election in enumerate(holding):
@@ -363,3 +480,152 @@ class RedisFactory(BaseFactory[RedisElection]):
                 unconfirmed.add(election)
         refused.update(e for e in held if e._value is None)
         return Renewal(refused=frozenset(refused), unconfirmed=frozenset(unconfirmed))
+
+    # -- membership ------------------------------------------------------------
+
+    async def _register_presence(self) -> None:
+        """Add our presence on a quorum at once and announce it."""
+
+        async def join(node: RedisNode) -> object:
+            return await self._presence_call(
+                node, JOIN, [self.members_key], [self.instance_id, self.ttl_ms, self.channel]
+            )
+
+        # Like a campaign, a join gives up only when a quorum stays
+        # unreachable for several rounds (a first call may need to connect).
+        for round_ in range(1, self.unreachable_rounds + 1):
+            results = await fan_out(
+                self.nodes, join, nursery=self.nursery, enough=self.decided(lambda r: True)
+            )
+            if len(failures(results)) <= len(results) - self.quorum:
+                break
+            if round_ == self.unreachable_rounds:
+                # Where it got through, our presence expires within a TTL.
+                raise unavailable(f"cannot join as {self.instance_id!r}", results, self.quorum)
+            await trio.sleep(self.poll_interval * random.uniform(0.5, 1.5))
+        self._present = True
+        self.nursery.start_soon(self._watch_members)
+
+    async def _presence_call(
+        self, node: RedisNode, script: str, keys: list[str], args: list[str | int]
+    ) -> Any:
+        """Run a join or renewal (``JOIN``, ``EXTEND``) on ``node``; note the
+        members it lists."""
+        if self._presence_writes == 0:
+            self._presence_idle = trio.Event()
+        self._presence_writes += 1
+        try:
+            reply = await node.run(script, keys, args)
+        except BaseException:
+            self._note_members(node, None)
+            raise
+        finally:
+            self._presence_writes -= 1
+            if self._presence_writes == 0:
+                self._presence_idle.set()
+        self._note_members(node, reply[1])
+        return reply
+
+    def _note_members(self, node: RedisNode, listed: Sequence[Any] | None) -> None:
+        """Record what ``node`` answered: its time in ms, then (id, expiry in
+        ms) pairs; each expiry is moved to trio's clock by its distance from
+        the node's time, counted from now (the answer's arrival, so never
+        before the node's own expiry). ``None`` or nothing: no answer."""
+        if not listed:
+            self._member_expiries.pop(node, None)
+        else:
+            received = trio.current_time()
+            node_now = int(listed[0])
+            self._member_expiries[node] = {
+                str(member): received + (float(expiry) - node_now) / 1000
+                for member, expiry in zip(listed[1::2], listed[2::2], strict=True)
+            }
+        self._member_answers.set()
+        self._member_answers = trio.Event()
+
+    def _fire_members(self) -> None:
+        self._members_changed.set()
+        self._members_changed = trio.Event()
+
+    async def _watch_members(self) -> None:
+        """Wake member observers when the set the latest answers list changes:
+        at an answer, or the moment an entry expires, so a crashed member is
+        noticed at its expiry without a single command (observers then read)."""
+        while True:
+            answers = self._member_answers
+            now = trio.current_time()
+            counts: Counter[str] = Counter()
+            next_expiry = math.inf
+            for listed in self._member_expiries.values():
+                for member, expiry in listed.items():
+                    if expiry > now:
+                        counts[member] += 1
+                        next_expiry = min(next_expiry, expiry)
+            view = frozenset(m for m, count in counts.items() if count >= self.quorum)
+            if view != self._members_view:
+                self._members_view = view
+                self._fire_members()
+            with trio.move_on_at(next_expiry):
+                await answers.wait()
+
+    def _members_decided(self, results: Sequence[object]) -> bool:
+        """A members read is decided once every instance is listed by a quorum
+        or can no longer be (an instance not seen yet could be on the nodes
+        still to answer)."""
+        pending = sum(1 for r in results if _pending(r))
+        if pending >= self.quorum:
+            return False
+        counts = Counter(m for r in results if isinstance(r, list) for m in r)
+        return all(c >= self.quorum or c + pending < self.quorum for c in counts.values())
+
+    async def _read_members(self) -> frozenset[str]:
+        if self._closed:
+            raise ElectionClosedError(f"factory {self.instance_id!r} is closed")
+
+        async def read(node: RedisNode) -> list[str]:
+            return [str(m) for m in await node.run(MEMBERS, [self.members_key], [])]
+
+        results = await fan_out(
+            self.nodes, read, nursery=self.nursery, enough=self._members_decided
+        )
+        if len(failures(results)) > len(results) - self.quorum:
+            raise unavailable("cannot read the members", results, self.quorum)
+        counts = Counter(m for r in results if isinstance(r, list) for m in set(r))
+        return frozenset(m for m, count in counts.items() if count >= self.quorum)
+
+    @asynccontextmanager
+    async def _member_changes(self) -> AsyncIterator[AsyncIterator[frozenset[str]]]:
+        yield self._follow_members()
+
+    async def _follow_members(self) -> AsyncIterator[frozenset[str]]:
+        while True:
+            changed = self._members_changed  # taken before reading and yielding
+            try:
+                current = await self._read_members()
+            except MechanismUnavailableError:
+                # No quorum now: try again soon (not at rest: only in trouble).
+                with trio.move_on_after(self.retry_interval):
+                    await changed.wait()
+                continue
+            yield current
+            await changed.wait()
+
+    async def _close_session(self) -> None:
+        """Remove our presence from every node and announce it."""
+        if not self._present:
+            return
+        self._present = False
+        # A join or renewal still on its way could add us back after the leave.
+        with trio.move_on_after(self.close_timeout / 2):
+            await self._presence_idle.wait()
+        results = await fan_out(
+            self.nodes,
+            lambda node: node.run(LEAVE, [self.members_key], [self.instance_id, self.channel]),
+            nursery=self.nursery,
+        )
+        self._member_expiries.clear()
+        self._fire_members()
+        if len(failures(results)) > len(results) - self.quorum:
+            raise unavailable(
+                f"cannot leave as {self.instance_id!r} (gone within a TTL)", results, self.quorum
+            )

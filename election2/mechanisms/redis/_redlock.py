@@ -4,7 +4,9 @@ The key/value protocol is the standard Redlock one — ``SET key value NX PX
 ttl`` with a random value, compare-and-pexpire to extend, compare-and-delete
 to release — so other Redlock clients on the same keys exclude us and we them.
 Beyond Redlock, an extension sets a held term's key again on a node that lost
-it (:data:`EXTEND`), so a term outlives one minority fault after another.
+it (:data:`EXTEND`), so a term outlives one minority fault after another,
+and refreshes the factory's presence in the prefix's members set in the
+same call (:data:`JOIN`, :data:`LEAVE` and :data:`MEMBERS` handle the rest).
 Each call goes to every node at once, each bounded by a small per-node
 timeout; the caller counts answers against the quorum.
 """
@@ -27,6 +29,9 @@ __all__ = [
     "ACQUIRE",
     "EXTEND",
     "FENCE",
+    "JOIN",
+    "LEAVE",
+    "MEMBERS",
     "RELEASE",
     "UNDO",
     "NodeFailure",
@@ -57,35 +62,97 @@ end
 return 0
 """
 
-#: Batched compare-and-pexpire, one call per node per tick for every key held.
-#: KEYS: the n lock keys, then their n fencing counters. ARGV: the ttl in ms,
-#: then per key its value and a repair token: where that is not 0 and the key
-#: is missing (expired while this node was cut off, or lost in a restart), the
+#: The presence of one instance in the prefix's members set (a sorted set:
+#: member = instance id, score = expiry in ms on this node's clock, taken from
+#: its ``TIME`` in the script: Redis >= 5 replicates effects, and earlier
+#: versions are told to). Drops expired entries, adds or refreshes ours, makes
+#: the set itself expire with its newest entry (nothing is left behind when
+#: every member is gone), and publishes ``joined:<id>`` when ours was missing
+#: (or always, on a join). Returns the node's time, then the live entries as
+#: id, expiry pairs.
+_PRESENCE = """
+local function presence(key, id, ttl, channel, always)
+  local t = redis.call('time')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('zremrangebyscore', key, '-inf', now)
+  local added = redis.call('zadd', key, now + tonumber(ttl), id)
+  redis.call('pexpire', key, ttl)
+  if added == 1 or always then
+    redis.call('publish', channel, 'joined:' .. id)
+  end
+  local listed = redis.call('zrange', key, 0, -1, 'withscores')
+  table.insert(listed, 1, now)
+  return listed
+end
+if redis.replicate_commands then redis.replicate_commands() end
+"""
+
+#: Batched compare-and-pexpire, one call per node per tick for every key held,
+#: and the factory's presence with them. KEYS: the members set, the n lock
+#: keys, then their n fencing counters. ARGV: the ttl in ms, our instance id
+#: ('' while we are no member: no presence), the prefix's channel, then per
+#: key its value and a repair token: where that is not 0 and the key is
+#: missing (expired while this node was cut off, or lost in a restart), the
 #: key is set again and the counter raised to the token, so a restarted node
-#: cannot hand out a lower one later. Answers per key: 1 extended, 2 set
-#: again, 0 held by another value, -1 missing.
-EXTEND = """
-local n = #KEYS / 2
+#: cannot hand out a lower one later. Answers: per key 1 extended, 2 set
+#: again, 0 held by another value, -1 missing; then what :data:`JOIN` returns
+#: (empty while no member).
+EXTEND = (
+    _PRESENCE
+    + """
+local n = (#KEYS - 1) / 2
 local answers = {}
 for i = 1, n do
-  local value, token = ARGV[2 * i], ARGV[2 * i + 1]
-  local current = redis.call('get', KEYS[i])
+  local key, counter = KEYS[1 + i], KEYS[1 + n + i]
+  local value, token = ARGV[2 * i + 2], ARGV[2 * i + 3]
+  local current = redis.call('get', key)
   if current == value then
-    redis.call('pexpire', KEYS[i], ARGV[1])
+    redis.call('pexpire', key, ARGV[1])
     answers[i] = 1
   elseif current then
     answers[i] = 0
   elseif token ~= '0' then
-    redis.call('set', KEYS[i], value, 'PX', ARGV[1])
-    if tonumber(redis.call('get', KEYS[n + i]) or '0') < tonumber(token) then
-      redis.call('set', KEYS[n + i], token)
+    redis.call('set', key, value, 'PX', ARGV[1])
+    if tonumber(redis.call('get', counter) or '0') < tonumber(token) then
+      redis.call('set', counter, token)
     end
     answers[i] = 2
   else
     answers[i] = -1
   end
 end
-return answers
+local listed = {}
+if ARGV[2] ~= '' then
+  listed = presence(KEYS[1], ARGV[2], ARGV[1], ARGV[3], false)
+end
+return {answers, listed}
+"""
+)
+
+#: Join: our presence on this node, announced. KEYS: the members set. ARGV:
+#: our instance id, the ttl in ms, the channel. Answers as :data:`EXTEND`
+#: does for no key: no per-key answers, then the node's time and the live
+#: entries as id, expiry pairs.
+JOIN = (
+    _PRESENCE
+    + """
+return {{}, presence(KEYS[1], ARGV[1], ARGV[2], ARGV[3], true)}
+"""
+)
+
+#: Leave: remove our presence and announce it. KEYS: the members set. ARGV:
+#: our instance id, the channel.
+LEAVE = """
+local removed = redis.call('zrem', KEYS[1], ARGV[1])
+redis.call('publish', ARGV[2], 'left:' .. ARGV[1])
+return removed
+"""
+
+#: The live members on this node (a read: no writes). KEYS: the members set.
+MEMBERS = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('zrangebyscore', KEYS[1], now + 1, '+inf')
 """
 
 #: Compare-and-delete, then wake the candidates waiting for this resource.
