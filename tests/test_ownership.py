@@ -207,3 +207,37 @@ async def test_bad_input() -> None:
         with pytest.raises(ConfigurationError, match="handoff_delay"):
             ShardedOwnership(fa, ["x"], forever, handoff_delay=0)
         assert fa.elections == []
+
+
+async def test_a_partitioned_instance_hands_over_and_rejoins() -> None:
+    backend = MemoryBackend(ttl=TTL)
+    events: list[OwnershipEvent] = []
+    async with fleet(backend) as f:
+        for name in "abc":
+            await f.start(name, RESOURCES[:30])
+        await trio.sleep(TTL)
+        f.check_balanced(RESOURCES[:30])
+        cut = f.owners["c"]
+        before = set(cut.owned)
+        async with cut.events() as stream:
+            backend.partition("c")  # c's terms end at its local deadline
+            await trio.sleep(TTL * 2)
+            assert not cut.owned
+            survivors = [f.owners["a"], f.owners["b"]]
+            assert set().union(*(o.owned for o in survivors)) == set(RESOURCES[:30])
+            backend.heal("c")  # c is a member again and gets its share back
+            await trio.sleep(TTL * 2)
+            f.check_balanced(RESOURCES[:30])
+            after = set(cut.owned)
+            while True:
+                try:
+                    events.append(stream.receive_nowait())
+                except trio.WouldBlock:
+                    break
+    never_two_terms_at_once(backend)
+    # c's events match what it owned: its terms ended as lost, then it got its
+    # share back (and still holds exactly that).
+    lost = events[: len(before)]
+    assert all(e.kind == "lost" for e in lost) and {e.resource_id for e in lost} == before
+    assert [e.kind for e in events[len(before) :]] == ["acquired"] * len(after)
+    assert {e.resource_id for e in events[len(before) :]} == after
