@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
+from election2.mechanisms.etcd._client import EtcdClient
 from tests.servers import ServerProcess, free_port, killed_after, require_binary, wait_until
 
 
@@ -110,3 +112,16 @@ def etcd_cluster(tmp_path: Path) -> Iterator[list[EtcdMember]]:
     """A 3-member etcd cluster."""
     with killed_after(_start_cluster(tmp_path, 3)) as members:
         yield members
+
+
+def store_revision(member: EtcdMember, prefix: str) -> int:
+    """etcd's store revision (every write bumps it, a keepalive does not)."""
+
+    async def read() -> int:
+        client = EtcdClient([f"http://{member.endpoint}"])
+        try:
+            return (await client.range_prefix(prefix))[1]
+        finally:
+            await client.aclose()
+
+    return trio.run(read)

@@ -22,7 +22,7 @@ from tests.cli_processes import (
     ticks,
     wait_for_ticks,
 )
-from tests.etcd.conftest import EtcdMember
+from tests.etcd.conftest import EtcdMember, store_revision
 from tests.faultproxy import proxies
 from tests.servers import wait_until
 
@@ -164,14 +164,7 @@ def test_ipv6_loopback_url(etcd_server: EtcdMember, prefix: str) -> None:
 
 
 def test_leader_writes_nothing(etcd_server: EtcdMember, prefix: str) -> None:
-    async def revision() -> int:
-        client = EtcdClient([f"http://{etcd_server.endpoint}"])
-        try:
-            return (await client.range_prefix(prefix))[1]
-        finally:
-            await client.aclose()
-
-    before = trio.run(revision)
+    before = store_revision(etcd_server, prefix)
     done = election2("leader", url_of(etcd_server.endpoint, prefix), "job")
     assert done.returncode == 0 and done.stdout.strip() == "(none)"
-    assert trio.run(revision) == before
+    assert store_revision(etcd_server, prefix) == before

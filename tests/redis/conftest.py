@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import coredis
 import pytest
 
 from tests.servers import ServerProcess, free_port, killed_after, require_binary, wait_until
@@ -94,3 +96,15 @@ def own_redis3(tmp_path: Path) -> Iterator[list[RedisNodeProcess]]:
 def own_redis5(tmp_path: Path) -> Iterator[list[RedisNodeProcess]]:
     with killed_after(start_nodes(tmp_path, 5)) as nodes:
         yield nodes
+
+
+@contextlib.asynccontextmanager
+async def direct(nodes: list[RedisNodeProcess]) -> AsyncIterator[list[coredis.Redis[str]]]:
+    """Plain clients of the nodes, to look at their state."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                coredis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
+            )
+            for node in nodes
+        ]

@@ -6,11 +6,9 @@ Each factory's presence is an entry in the prefix's sorted set
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import coredis
 import pytest
@@ -27,25 +25,13 @@ from election2._checks import check_resource_id
 from election2.mechanisms.redis import RedisElection, RedisFactory
 from election2.mechanisms.redis._mechanism import check_members_key, members_key_of
 from tests.processes import Candidate
-from tests.redis.conftest import RedisNodeProcess, url_of
+from tests.redis.conftest import RedisNodeProcess, direct, url_of
 
 log = logging.getLogger("tests.redis")
 TTL = 2.0
 
 #: Commands a renewal script runs inside its EVAL (INFO commandstats counts them too).
 RENEWAL_SCRIPT_COMMANDS = {"time", "zremrangebyscore", "zadd", "pexpire", "zrange"}
-
-
-@contextlib.asynccontextmanager
-async def direct(nodes: list[RedisNodeProcess]) -> AsyncIterator[list[coredis.Redis[str]]]:
-    """Plain clients of the nodes, to look at their state."""
-    async with contextlib.AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(
-                coredis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
-            )
-            for node in nodes
-        ]
 
 
 def redis_factory(factory: election2.Factory) -> RedisFactory:

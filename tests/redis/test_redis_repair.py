@@ -10,7 +10,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import coredis
 import trio
 
 import election2
@@ -18,7 +17,7 @@ from election2 import MechanismUnavailableError
 from election2.mechanisms.redis import RedisElection, RedisFactory
 from election2.mechanisms.redis._redlock import RedisNode, failures, fan_out
 from tests.faultproxy import FaultProxy, proxies
-from tests.redis.conftest import RedisNodeProcess, url_of
+from tests.redis.conftest import RedisNodeProcess, direct, url_of
 
 log = logging.getLogger("tests.redis")
 TTL = 2.0
@@ -35,18 +34,6 @@ async def proxied(
         async with election2.open_factory(url, instance_id=instance_id) as factory:
             assert isinstance(factory, RedisFactory)
             yield factory, px
-
-
-@contextlib.asynccontextmanager
-async def direct(nodes: list[RedisNodeProcess]) -> AsyncIterator[list[coredis.Redis[str]]]:
-    """Plain clients of the nodes, to look at their keys."""
-    async with contextlib.AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(
-                coredis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
-            )
-            for node in nodes
-        ]
 
 
 async def ping(node: RedisNode) -> object:
