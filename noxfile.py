@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -38,9 +41,34 @@ def docs(session: nox.Session) -> None:
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
+# Peer libraries measured beside election2 by bench/bench_peers.py: installed in
+# the bench session only, never a dependency of the library.
+BENCH_PEERS = ["kazoo", "tooz", "etcd3gw", "pottery", "python-redis-lock", "redis"]
+# ZooKeeper for kazoo and tooz's zookeeper driver: Debian's server package (the
+# jar and its classpath; zookeeperd only adds the system service, which the
+# benchmark does not use: it starts its own server on a free loopback port).
+ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
+ZOOKEEPER_APT = "zookeeper"
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against references measured in the same run (pottery only here)."""
-    session.install("-e", ".[dev]", "pottery")
-    for script in sorted(session.posargs or ["bench/bench_etcd.py", "bench/bench_redis.py"]):
+    """Benchmarks against references and peer libraries, measured in the same run."""
+    session.install("-e", ".[dev]", *BENCH_PEERS)
+    _install_zookeeper(session)
+    scripts = ["bench/bench_etcd.py", "bench/bench_redis.py", "bench/bench_peers.py"]
+    for script in sorted(session.posargs or scripts):
         session.run("python", script)
+
+
+def _install_zookeeper(session: nox.Session) -> None:
+    """Debian's ZooKeeper server package, with apt-get when missing (as root)."""
+    if os.path.exists(ZOOKEEPER_JAR) and shutil.which("java"):
+        return
+    install = f"apt-get install -y {ZOOKEEPER_APT}"
+    if os.geteuid() != 0:
+        session.warn(f"ZooKeeper missing and not root: not measured (install: {install})")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run_install("apt-get", "update", "-qq", external=True, env=env)
+    session.run_install("apt-get", "install", "-y", "-qq", ZOOKEEPER_APT, external=True, env=env)

@@ -7,7 +7,6 @@ Starts its own etcd on free loopback ports. Run: ``python bench/bench_etcd.py``
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,6 @@ import trio
 import election2
 from election2.mechanisms.etcd import EtcdFactory
 from tests.etcd.conftest import EtcdMember, _start_cluster
-from tests.servers import require_binary
 
 TTL = 2.0
 ROUNDS = 30
@@ -29,33 +27,8 @@ ROUNDS = 30
 
 def etcdctl_handover(endpoint: str, rounds: int) -> list[float]:
     """Two ``etcdctl elect`` processes (Go client); the holder is interrupted."""
-    etcdctl = require_binary("etcdctl")
-    env = {**os.environ, "ETCDCTL_API": "3"}
-    name = f"bench-ctl-{uuid.uuid4().hex[:8]}"
-
-    def elect(proposal: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [etcdctl, f"--endpoints={endpoint}", "elect", name, proposal],
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-
-    samples = []
-    holder = elect("p0")
-    assert holder.stdout is not None
-    holder.stdout.readline()
-    for round_number in range(rounds):
-        waiter = elect(f"p{round_number + 1}")
-        time.sleep(0.3)  # the waiter is queued (process start-up excluded)
-        assert waiter.stdout is not None
-        started = time.perf_counter()
-        holder.send_signal(signal.SIGINT)  # etcdctl resigns on interrupt
-        waiter.stdout.readline()
-        samples.append(time.perf_counter() - started)
-        holder.wait(5)
-        holder = waiter
-    holder.kill()
-    return samples
+    with _common.etcdctl_handover(endpoint) as batch:
+        return batch(rounds)
 
 
 async def failover_after_sigkill(endpoint: str, rounds: int) -> list[float]:
