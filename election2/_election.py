@@ -27,10 +27,10 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, Self, TypeVar, cast, runtime_checkable
 
 import trio
 
@@ -275,15 +275,18 @@ class BaseElection(ABC, Generic[FactoryT]):
         Idempotent."""
         if self._closed:
             return
+        self._close_locally()
+        if self._in_backend:
+            await self._release_now()
+
+    def _close_locally(self) -> None:
+        """Close without telling the backend: stop the campaigns, end the
+        term (its scopes are cancelled now) and leave the factory."""
         self._closed = True
         for pending in self._pending:
             pending.cancel()
         self._end_term("closed")
-        try:
-            if self._in_backend:
-                await self._release_now()
-        finally:
-            self._factory._forget(self)
+        self._factory._forget(self)
 
     async def leader(self) -> str | None:
         """The current master's ``instance_id``, or ``None`` when nobody leads.
@@ -567,6 +570,19 @@ class BaseFactory(ABC, Generic[ElectionT]):
         run on to their deadline). Raise :class:`MechanismUnavailableError` if the
         backend was not reached at all."""
 
+    async def _release_all(self, elections: list[ElectionT]) -> None:
+        """Release the records of ``elections`` as the factory closes (their
+        terms ended locally already), in as few requests as the backend
+        allows; :meth:`_close_session` follows. Raise if the backend did not
+        confirm it all: what is left expires with the session.
+
+        The default releases them one by one, concurrently. A mechanism whose
+        session end removes every record (revoking a lease) does nothing here.
+        """
+        async with trio.open_nursery() as nursery:
+            for election in elections:
+                nursery.start_soon(election._release)
+
     async def _close_session(self) -> None:
         """Release the session (revoke the lease, close connections). Shielded."""
 
@@ -796,13 +812,43 @@ class BaseFactory(ABC, Generic[ElectionT]):
         if self._closed:
             return
         self._renewing.cancel()  # no renewal may race the release below
+        elections = list(self._elections.values())
+        # Every term ends (its guarded work is cancelled) before anything is
+        # released, and the release is one request per batch, not per election.
+        for election in elections:
+            election._close_locally()
+        # And those closed before whose release is still being retried.
+        elections += [cast(ElectionT, e) for e, _ in self._releasing if e not in elections]
+        self._closed = True  # no release retry starts from here on
         with trio.move_on_after(self.close_timeout) as bounded:
             bounded.shield = True
-            for election in list(self._elections.values()):
-                await election.close()
-            self._closed = True
-            try:
+            with self._failure_logged("releasing the elections"):
+                await self._release_recorded(elections)
+            with self._failure_logged("closing the session"):
                 await self._close_session()
-            except ElectionError as exc:
-                log.warning("%s: closing the session failed: %s", self._instance_id, exc)
-        self._closed = True
+        if bounded.cancelled_caught:
+            log.warning(
+                "%s: closing took longer than close_timeout=%g s; what is left "
+                "expires within a TTL",
+                self._instance_id,
+                self.close_timeout,
+            )
+
+    @contextmanager
+    def _failure_logged(self, what: str) -> Iterator[None]:
+        """Closing goes on when one step fails: what is left expires anyway."""
+        try:
+            with public_errors(what):
+                yield
+        except ElectionError as exc:
+            log.warning(
+                "%s: %s failed (left to expire within a TTL): %s", self._instance_id, what, exc
+            )
+
+    async def _release_recorded(self, elections: list[ElectionT]) -> None:
+        """Release whatever of ``elections`` the backend may still hold."""
+        recorded = [e for e in elections if e._in_backend]
+        if recorded:
+            await self._release_all(recorded)
+            for election in recorded:
+                election._in_backend = False

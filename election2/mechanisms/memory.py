@@ -332,6 +332,10 @@ class MemoryFactory(BaseFactory[MemoryElection]):
                 refused.add(election)
         return Renewal(refused=frozenset(refused))
 
+    async def _release_all(self, elections: list[MemoryElection]) -> None:
+        """Nothing to do: ending the session (:meth:`_close_session`) revokes
+        the lease, which withdraws every candidacy on it at once."""
+
     async def _close_session(self) -> None:
         await trio.lowlevel.checkpoint()
         self.backend._unregister(self.instance_id)

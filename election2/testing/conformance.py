@@ -386,6 +386,31 @@ class ElectionConformance:
             with trio.fail_after(self._handover_limit):
                 await eb.await_mastership()
 
+    async def test_closing_a_factory_hands_every_resource_over(self) -> None:
+        """Closing releases every term (in batches, on some backends) and
+        every waiting candidacy: the others take all of them over promptly."""
+        resources = [f"res{i}" for i in range(40)]
+        async with self.factories("b") as (fb,), trio.open_nursery() as nursery:
+            waiting = [await fb.new_election(r) for r in resources]
+            async with self.open_factory("a") as fa:
+                held = [await fa.new_election(r) for r in resources[:30]]
+                for election in held:
+                    await election.await_mastership()
+                for election in waiting:
+                    nursery.start_soon(election.await_mastership)
+                await trio.sleep(self.ttl / 20)  # queued behind a, where held
+                assert sum(e.is_master for e in waiting) == 10
+                closing = trio.current_time()
+            assert not any(e.is_master for e in held)
+            with trio.fail_after(self._handover_limit):
+                while not all(e.is_master for e in waiting):
+                    await trio.sleep(self.ttl / 100)
+            took = trio.current_time() - closing
+            assert took < self._handover_limit, took
+            for election in held:
+                with pytest.raises(ElectionClosedError):
+                    await election.await_mastership()
+
     # -- several instances and resources ------------------------------------------
 
     async def test_second_instance_waits_then_takes_over_promptly(self) -> None:

@@ -517,6 +517,10 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         else:
             self._lagging_at = watched
 
+    async def _release_all(self, elections: list[EtcdElection]) -> None:
+        """Nothing to do: revoking the lease (:meth:`_close_session`) deletes
+        every key on it in one request, and a key on an older lease went with it."""
+
     async def _close_session(self) -> None:
         # After a grant in flight (the factory is closed: no grant follows),
         # so that revoking takes the presence key with it.

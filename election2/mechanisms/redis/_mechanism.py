@@ -79,6 +79,7 @@ from ._redlock import (
     LEAVE,
     MEMBERS,
     RELEASE,
+    RELEASE_MANY,
     UNDO,
     NodeFailure,
     RedisNode,
@@ -88,6 +89,11 @@ from ._redlock import (
 )
 
 __all__ = ["RedisElection", "RedisFactory"]
+
+#: Keys per script call when a factory releases everything at close: large
+#: enough that 10,000 keys take a few calls, small enough that no call blocks
+#: a node for long.
+RELEASE_BATCH = 1000
 
 
 def _pending(result: object) -> bool:
@@ -609,6 +615,32 @@ class RedisFactory(BaseFactory[RedisElection]):
                 continue
             yield current
             await changed.wait()
+
+    async def _release_all(self, elections: list[RedisElection]) -> None:
+        """Compare-and-delete every key in a few script calls per node (a
+        batch of :data:`RELEASE_BATCH`), all nodes at once."""
+        releasing = [(e, e._value) for e in elections if e._value is not None]
+        args: list[str | int] = []
+        for election, value in releasing:
+            args += [value or "", election.resource_id]
+
+        async def release(node: RedisNode) -> int:
+            released = 0
+            for start in range(0, len(releasing), RELEASE_BATCH):
+                batch = releasing[start : start + RELEASE_BATCH]
+                released += await node.run(
+                    RELEASE_MANY,
+                    [e.key for e, _ in batch],
+                    [self.channel, *args[2 * start : 2 * (start + len(batch))]],
+                )
+            return released
+
+        results = await fan_out(self.nodes, release, nursery=self.nursery, limit=self.close_timeout)
+        if len(failures(results)) > len(results) - self.quorum:
+            raise unavailable(f"cannot release {len(releasing)} keys", results, self.quorum)
+        for election, value in releasing:
+            if election._value == value:
+                election._value = None
 
     async def _close_session(self) -> None:
         """Remove our presence from every node and announce it."""

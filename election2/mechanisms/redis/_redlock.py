@@ -33,6 +33,7 @@ __all__ = [
     "LEAVE",
     "MEMBERS",
     "RELEASE",
+    "RELEASE_MANY",
     "UNDO",
     "NodeFailure",
     "RedisNode",
@@ -163,6 +164,20 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+#: RELEASE for many keys at once (a closing factory): KEYS the locks, ARGV the
+#: channel, then each key's value and resource.
+RELEASE_MANY = """
+local released = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[2 * i] then
+    redis.call('del', key)
+    redis.call('publish', ARGV[1], 'released:' .. ARGV[2 * i + 1])
+    released = released + 1
+  end
+end
+return released
 """
 
 #: Compare-and-delete without a notice: undoes a lost acquire round. A notice
