@@ -68,6 +68,7 @@ def timed_sync(call: Callable[[int], Any]) -> tuple[list[float], float]:
 
 async def concurrent(call: Callable[[int], Awaitable[Any]]) -> tuple[float, float]:
     """Wall time and client CPU of CONCURRENT calls started at once."""
+
     async def one(i: int) -> None:
         await call(i)
 
@@ -111,9 +112,7 @@ async def run(port: int) -> None:
             assert sync.set("ref", "v", nx=True, px=2000)
             sync.delete("ref")
             samples.append(time.perf_counter() - started)
-        rows.append(
-            row("redis-py sync", "SET NX PX + DEL", samples, _common.cpu_seconds() - cpu)
-        )
+        rows.append(row("redis-py sync", "SET NX PX + DEL", samples, _common.cpu_seconds() - cpu))
         cpu, started = _common.cpu_seconds(), time.perf_counter()
         pipe = sync.pipeline(transaction=False)
         for i in range(CONCURRENT):

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 import outcome
 import trio
@@ -121,7 +121,7 @@ NOT_READY = _NotReady()
 
 
 class Parser(Protocol):
-    def feed(self, data: bytes, /) -> None: ...
+    def feed(self, data: bytes | bytearray, /) -> None: ...
 
     def gets(self) -> Any: ...
 
@@ -139,7 +139,7 @@ class PythonParser:
         self._buffer = bytearray()
         self._pos = 0
 
-    def feed(self, data: bytes, /) -> None:
+    def feed(self, data: bytes | bytearray, /) -> None:
         self._buffer += data
 
     def gets(self) -> Any:
@@ -192,7 +192,8 @@ class PythonParser:
 def new_parser(use_hiredis: bool | None = None) -> Parser:
     """``hiredis.Reader`` if available (unless ``use_hiredis`` is False)."""
     if use_hiredis is not False and hiredis is not None:
-        reader: Parser = hiredis.Reader(
+        # (its stub types feed() as taking str | bytes: bytearray works too)
+        reader: Parser = hiredis.Reader(  # type: ignore[assignment]
             replyError=ReplyError,
             protocolError=ProtocolError,
             notEnoughData=NOT_READY,
@@ -360,7 +361,7 @@ class RedisClient:
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
 
-    async def __aenter__(self) -> RedisClient:
+    async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             self._stack = stack.pop_all()
@@ -391,9 +392,7 @@ class RedisClient:
             raise reply
         return reply
 
-    async def run_script(
-        self, script: str, keys: Sequence[str], args: Sequence[str | int]
-    ) -> Any:
+    async def run_script(self, script: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """``EVALSHA``, or ``EVAL`` where the node does not know the script."""
         try:
             return await self.execute("EVALSHA", _script_sha(script), len(keys), *keys, *args)
@@ -439,9 +438,13 @@ class RedisClient:
                 parser = new_parser(self._use_hiredis)
                 if self._password is not None:
                     what = f"{self.name}: AUTH"
-                    auth = ("AUTH", self._username, self._password) if self._username else (
-                        "AUTH",
-                        self._password,
+                    auth = (
+                        ("AUTH", self._username, self._password)
+                        if self._username
+                        else (
+                            "AUTH",
+                            self._password,
+                        )
                     )
                     await stream.send_all(encode(auth))
                     reply = await _receive_reply(stream, parser)
