@@ -40,7 +40,9 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against references measured in the same run (pottery only here)."""
-    session.install("-e", ".[dev]", "pottery")
-    for script in sorted(session.posargs or ["bench/bench_etcd.py", "bench/bench_redis.py"]):
+    """Benchmarks against references measured in the same run (redis-py, coredis and
+    pottery only here)."""
+    session.install("-e", ".[dev]", "redis", "hiredis", "coredis", "pottery")
+    scripts = ["bench/bench_etcd.py", "bench/bench_redis.py", "bench/bench_resp.py"]
+    for script in sorted(session.posargs or scripts):
         session.run("python", script)

@@ -157,7 +157,7 @@ async def run(port: int) -> None:
             )
 
     for hiredis in (False, True):
-        if hiredis and _resp.hiredis is None:
+        if hiredis and not _resp.HAVE_HIREDIS:
             continue
         name = f"RESP ({'hiredis' if hiredis else 'pure Python'} parser)"
         async with _resp.RedisClient(

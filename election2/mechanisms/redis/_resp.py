@@ -52,7 +52,11 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     hiredis = None  # type: ignore[assignment]
 
+#: Replies are parsed by hiredis (installed) unless a client is told otherwise.
+HAVE_HIREDIS = hiredis is not None
+
 __all__ = [
+    "HAVE_HIREDIS",
     "ConnectionLostError",
     "Message",
     "ProtocolError",
