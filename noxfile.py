@@ -43,7 +43,16 @@ def docs(session: nox.Session) -> None:
 
 # Peer libraries measured beside election2 by bench/bench_peers.py: installed in
 # the bench session only, never a dependency of the library.
-BENCH_PEERS = ["kazoo", "tooz", "etcd3gw", "pottery", "python-redis-lock", "redis"]
+BENCH_PEERS = [
+    "kazoo",
+    "tooz",
+    "etcd3gw",
+    "pottery",
+    "python-redis-lock",
+    "redis",
+    "hiredis",
+    "coredis",
+]
 # ZooKeeper for kazoo and tooz's zookeeper driver: Debian's server package (the
 # jar and its classpath; zookeeperd only adds the system service, which the
 # benchmark does not use: it starts its own server on a free loopback port).
@@ -56,7 +65,12 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against references and peer libraries, measured in the same run."""
     session.install("-e", ".[dev]", *BENCH_PEERS)
     _install_zookeeper(session)
-    scripts = ["bench/bench_etcd.py", "bench/bench_redis.py", "bench/bench_peers.py"]
+    scripts = [
+        "bench/bench_etcd.py",
+        "bench/bench_redis.py",
+        "bench/bench_resp.py",
+        "bench/bench_peers.py",
+    ]
     for script in sorted(session.posargs or scripts):
         session.run("python", script)
 

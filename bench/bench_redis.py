@@ -2,7 +2,8 @@
 
 Starts its own redis-server processes on free loopback ports. Run:
 ``python bench/bench_redis.py`` (``ELECTION2_BENCH_RESOURCES=1000`` for a
-quicker run). pottery (a peer Redlock library) is measured if installed.
+quicker run). The reference is redis-py's sync client (a bench-only
+dependency); pottery (a peer Redlock library) is measured if installed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import uuid
 from pathlib import Path
 
 import _common
-import coredis
 import trio
+from redis import Redis  # type: ignore[import-not-found,unused-ignore]
 
 import election2
 from election2.mechanisms.redis import RedisFactory
@@ -32,16 +33,18 @@ def url_of(nodes: list[RedisNodeProcess], ttl: float = TTL) -> str:
     return f"redis://{hosts}/bench{uuid.uuid4().hex[:8]}?ttl={ttl:g}"
 
 
-async def single_node_set_del(node: RedisNodeProcess, rounds: int) -> list[float]:
-    """The reference: one node, SET NX PX + DEL, no quorum, no scripts."""
+def single_node_set_del(node: RedisNodeProcess, rounds: int) -> list[float]:
+    """The reference: one node, SET NX PX + DEL with redis-py's sync client
+    (blocking this thread: nothing else runs meanwhile), no quorum, no scripts."""
     samples = []
-    async with coredis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) as client:
-        await client.ping()
-        for i in range(rounds):
-            started = time.perf_counter()
-            assert await client.set(f"ref{i}", "v", condition=coredis.PureToken.NX, px=2000)
-            await client.delete([f"ref{i}"])
-            samples.append(time.perf_counter() - started)
+    client = Redis(host="127.0.0.1", port=node.port, decode_responses=True)
+    client.ping()
+    for i in range(rounds):
+        started = time.perf_counter()
+        assert client.set(f"ref{i}", "v", nx=True, px=2000)
+        client.delete(f"ref{i}")
+        samples.append(time.perf_counter() - started)
+    client.close()
     return samples
 
 
@@ -62,7 +65,6 @@ async def our_acquire_release(nodes: list[RedisNodeProcess], rounds: int) -> lis
 def pottery_runs(nodes: list[RedisNodeProcess]) -> tuple[list[float], list[float]] | None:
     try:
         from pottery import Redlock  # type: ignore[import-not-found,unused-ignore]
-        from redis import Redis  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     masters = {Redis(host="127.0.0.1", port=node.port) for node in nodes}
@@ -122,12 +124,14 @@ async def many_resources(nodes: list[RedisNodeProcess], count: int) -> list[list
 
 async def run(nodes: list[RedisNodeProcess]) -> None:
     print(f"# Redis benchmarks (3 masters on loopback, ttl {TTL:g} s, {os.cpu_count()} cores)")
-    reference = await single_node_set_del(nodes[0], ROUNDS)
+    reference = single_node_set_del(nodes[0], ROUNDS)
+    ours_1 = await our_acquire_release(nodes[:1], ROUNDS)
     ours = await our_acquire_release(nodes, ROUNDS)
     handover = await _common.handover_samples(url_of(nodes), HANDOVERS)
     peer = await trio.to_thread.run_sync(pottery_runs, nodes)
     rows = [
-        _common.latency_row("single node SET NX PX + DEL (coredis)", reference, None),
+        _common.latency_row("single node SET NX PX + DEL (redis-py sync)", reference, None),
+        _common.latency_row("election2 acquire + release, 1 node", ours_1, reference),
         _common.latency_row("election2 acquire + release, 3 nodes", ours, reference),
     ]
     if peer is not None:

@@ -7,9 +7,9 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import coredis
 import pytest
 
+from election2.mechanisms.redis._resp import RedisClient
 from tests.servers import ServerProcess, free_port, killed_after, require_binary, wait_until
 
 
@@ -98,13 +98,39 @@ def own_redis5(tmp_path: Path) -> Iterator[list[RedisNodeProcess]]:
         yield nodes
 
 
+class DirectClient(RedisClient):
+    """A plain client of one node, with the few commands tests read state with."""
+
+    async def delete(self, keys: list[str]) -> int:
+        return int(await self.execute("DEL", *keys))
+
+    async def exists(self, keys: list[str]) -> int:
+        return int(await self.execute("EXISTS", *keys))
+
+    async def zscore(self, key: str, member: str) -> float | None:
+        score = await self.execute("ZSCORE", key, member)
+        return None if score is None else float(score)
+
+    async def type(self, key: str) -> str:
+        return str(await self.execute("TYPE", key))
+
+    async def pttl(self, key: str) -> int:
+        return int(await self.execute("PTTL", key))
+
+    async def info(self, section: str) -> dict[str, dict[str, str]]:
+        """``INFO section`` as {name: {field: value}} (lines ``name:f=v,f=v``)."""
+        parsed: dict[str, dict[str, str]] = {}
+        for line in str(await self.execute("INFO", section)).splitlines():
+            name, _, fields = line.partition(":")
+            if fields and not line.startswith("#"):
+                parsed[name] = dict(f.partition("=")[::2] for f in fields.split(","))
+        return parsed
+
+
 @contextlib.asynccontextmanager
-async def direct(nodes: list[RedisNodeProcess]) -> AsyncIterator[list[coredis.Redis[str]]]:
+async def direct(nodes: list[RedisNodeProcess]) -> AsyncIterator[list[DirectClient]]:
     """Plain clients of the nodes, to look at their state."""
     async with contextlib.AsyncExitStack() as stack:
         yield [
-            await stack.enter_async_context(
-                coredis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
-            )
-            for node in nodes
+            await stack.enter_async_context(DirectClient("127.0.0.1", node.port)) for node in nodes
         ]

@@ -214,7 +214,7 @@ async def test_failed_acquire_leaves_no_key(redis3: list[RedisNodeProcess], pref
         assert isinstance(eb, RedisElection)
         # Someone else holds the lock on two nodes; the third is free.
         for node in fb.nodes[:2]:
-            await node.client.set(eb.key, "other:0123", px=10_000)
+            await node.client.execute("SET", eb.key, "other:0123", "PX", 10_000)
         with trio.move_on_after(0.5):
             await eb.await_mastership()
         assert not eb.is_master

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import trio
-from coredis import PureToken
 
 import election2
 from election2 import ConfigurationError
@@ -84,8 +83,8 @@ async def test_renewal_tells_refused_from_unconfirmed_keys(
         for election in (gone, torn, kept):
             await election.await_mastership()
         for node in factory.nodes:
-            await node.client.delete([gone.key])
-        await factory.nodes[0].client.delete([torn.key])
+            await node.client.execute("DEL", gone.key)
+        await factory.nodes[0].client.execute("DEL", torn.key)
         own_redis3[1].pause()
         try:
             renewal = await factory._renew([gone, torn, kept])
@@ -112,8 +111,8 @@ async def test_other_redlock_clients_are_excluded(
         await election.await_mastership()
         for node in factory.nodes:
             # What any Redlock client does to take the lock: SET NX PX.
-            assert not await node.client.set(
-                election.key, "other:42", condition=PureToken.NX, px=10_000
+            assert not await node.client.execute(
+                "SET", election.key, "other:42", "NX", "PX", 10_000
             )
             value = await node.client.get(election.key)
             assert value is not None and value.startswith("a:") and len(value) >= 2 + 40

@@ -8,7 +8,8 @@ resource's key could be ``<prefix>//members``, the members set, is refused),
 ``username`` / ``password`` (AUTH/ACL; also ``redis://user:password@...``),
 ``ca`` / ``cert`` / ``key`` (PEM files for TLS). An even number of nodes works but
 tolerates no more failures than one node fewer: a warning is logged. Needs the
-``redis`` extra (coredis).
+``redis`` extra (no client library: election2 speaks RESP itself, see
+``_resp.py``; ``hiredis`` is used for parsing when installed).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ async def open_factory(
         ttl=parsed.ttl,
         close_timeout=settings.close_timeout,
     )
-    with single_exception():  # coredis' pools wrap errors in groups
+    with single_exception():  # the clients' nurseries wrap errors in groups
         async with AsyncExitStack() as clients:
             for node in nodes:
                 await clients.enter_async_context(node.client)

@@ -62,14 +62,13 @@ import secrets
 import string
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-import coredis
 import trio
 
 from ..._checks import MAX_RESOURCE_ID_LENGTH
-from ..._election import BaseElection, BaseFactory, Renewal, single_exception
+from ..._election import BaseElection, BaseFactory, Renewal
 from ...errors import ConfigurationError, ElectionClosedError, MechanismUnavailableError
 from ._redlock import (
     ACQUIRE,
@@ -87,6 +86,7 @@ from ._redlock import (
     fan_out,
     unavailable,
 )
+from ._resp import RedisError
 
 __all__ = ["RedisElection", "RedisFactory"]
 
@@ -400,22 +400,19 @@ class RedisFactory(BaseFactory[RedisElection]):
     async def _listen(self, node: RedisNode) -> None:
         """Follow the prefix's channel on one node; reconnect after failures."""
         while True:
-            try:
-                with single_exception():  # coredis raises from its task group
-                    await self._follow_channel(node)
-            except (coredis.exceptions.RedisError, OSError):
-                pass
+            with suppress(RedisError, OSError):
+                await self._follow_channel(node)
             await trio.sleep(self.retry_interval)
 
     async def _follow_channel(self, node: RedisNode) -> None:
-        async with node.client.pubsub(channels=[self.channel]) as pubsub:
-            async for message in pubsub:
-                if message["type"] == "subscribe":
+        async with node.client.subscribe(self.channel) as messages:
+            async for message in messages:
+                if message.kind == "subscribe":
                     # (Re)subscribed: a notice may have been missed meanwhile.
                     self._fire_members()
-                if message["type"] != "message":
+                if message.kind != "message":
                     continue
-                kind, _, resource_id = str(message["data"]).partition(":")
+                kind, _, resource_id = str(message.data).partition(":")
                 if kind in ("joined", "left"):
                     self._fire_members()
                     continue

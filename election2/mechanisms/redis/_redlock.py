@@ -18,12 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import coredis
 import trio
-from coredis.retry import NoRetryPolicy
 
 from ...errors import MechanismUnavailableError
 from .. import host_port
+from ._resp import RedisClient, RedisError
 
 __all__ = [
     "ACQUIRE",
@@ -214,20 +213,19 @@ class RedisNode:
     ) -> None:
         self.name = host_port(host, port)
         self.timeout = timeout
-        self.client: coredis.Redis[str] = coredis.Redis(
-            host=host,
-            port=port,
+        #: Pipelined: one connection for commands, one more while subscribed.
+        self.client = RedisClient(
+            host,
+            port,
             username=username,
             password=password,
             ssl_context=tls,
             connect_timeout=timeout,
-            stream_timeout=None,
-            retry_policy=NoRetryPolicy(),
-            decode_responses=True,
         )
 
     async def run(self, script: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        return await self.client.eval(script, list(keys), list(args))
+        """``EVALSHA`` (``EVAL`` where the node lacks the script)."""
+        return await self.client.run_script(script, keys, args)
 
 
 async def fan_out(
@@ -256,7 +254,7 @@ async def fan_out(
         with trio.move_on_after(bound) as bounded:
             try:
                 results[index] = await call(node)
-            except (coredis.exceptions.RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 results[index] = NodeFailure(node.name, f"{type(exc).__name__}: {exc}")
         if bounded.cancelled_caught:
             results[index] = NodeFailure(node.name, f"no answer within {bound:g} s")
