@@ -33,7 +33,9 @@ async def keys_left(nodes: list[RedisNodeProcess], prefix: str) -> list[str]:
     async with direct(nodes) as clients:
         found: list[str] = []
         for client in clients:
-            found += [k for k in await client.keys(f"{prefix}/*") if not k.endswith(":fencing")]
+            found += [
+                k for k in await client.execute("KEYS", f"{prefix}/*") if not k.endswith(":fencing")
+            ]
         return found
 
 
