@@ -8,10 +8,13 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from election2 import Factory
+from election2.mechanisms.etcd import EtcdFactory
 from election2.mechanisms.etcd._client import EtcdClient
 from tests.servers import ServerProcess, free_port, killed_after, require_binary, wait_until
 
@@ -125,3 +128,17 @@ def store_revision(member: EtcdMember, prefix: str) -> int:
             await client.aclose()
 
     return trio.run(read)
+
+
+def log_requests(factory: Factory) -> list[str]:
+    """The paths of the gateway requests ``factory`` makes from now on."""
+    assert isinstance(factory, EtcdFactory)
+    made: list[str] = []
+    call = factory.client.call
+
+    async def logged(path: str, body: Any) -> Any:
+        made.append(path)
+        return await call(path, body)
+
+    factory.client.call = logged  # type: ignore[method-assign]
+    return made

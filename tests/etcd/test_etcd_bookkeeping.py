@@ -15,7 +15,7 @@ import election2
 from election2 import Election
 from election2.mechanisms.etcd import EtcdElection, EtcdFactory
 from election2.mechanisms.etcd._client import EtcdClient, b64
-from tests.etcd.conftest import EtcdMember
+from tests.etcd.conftest import EtcdMember, log_requests
 from tests.faultproxy import FaultProxy, proxies
 
 log = logging.getLogger("tests.etcd")
@@ -194,3 +194,29 @@ async def test_campaign_on_a_lease_that_expired_in_an_outage_takes_a_new_one(
             assert second.is_master and fa.lease_id != dead_lease
             assert not first.is_master
             assert await second.leader() == "a"
+
+
+async def test_an_uncontended_campaign_is_one_round_trip(
+    etcd_server: EtcdMember, prefix: str
+) -> None:
+    """The put and the look at the queue share one transaction (Go's Campaign
+    learns the owner in its put's txn too); a contended one still waits."""
+    url = f"etcd://{etcd_server.endpoint}/{prefix}?ttl=5"
+    async with (
+        election2.open_factory(url, instance_id="a") as fa,
+        election2.open_factory(url, instance_id="b") as fb,
+    ):
+        warm, ea = await fa.new_election("warm"), await fa.new_election("job")
+        await warm.await_mastership()  # the lease and the membership are in place
+        made = log_requests(fa)
+        await ea.await_mastership()
+        assert made == ["/v3/kv/txn"]
+        eb = await fb.new_election("job")
+        with trio.move_on_after(1) as waited:
+            await eb.await_mastership()
+        assert waited.cancelled_caught and not eb.is_master
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(eb.await_mastership)
+            await trio.sleep(0.1)
+            await ea.resign()
+        assert eb.is_master and await ea.leader() == "b"

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import trio
 
-from election2 import Factory
-from election2.mechanisms.etcd import EtcdFactory
 from tests.close_checks import close_while_unreachable, requests_of_close
-from tests.etcd.conftest import EtcdMember
+from tests.etcd.conftest import EtcdMember, log_requests
 from tests.etcd.test_etcd_faults import keys_under
-
-
-def log_requests(factory: Factory) -> list[str]:
-    assert isinstance(factory, EtcdFactory)
-    made: list[str] = []
-    call = factory.client.call
-
-    async def logged(path: str, body: Any) -> Any:
-        made.append(path)
-        return await call(path, body)
-
-    factory.client.call = logged  # type: ignore[method-assign]
-    return made
 
 
 async def test_close_revokes_the_lease_whatever_the_factory_holds(

@@ -52,6 +52,15 @@ def _lease_not_found(error: EtcdError) -> bool:
     return "lease not found" in str(error)
 
 
+def _first_of(response: dict[str, object]) -> KeyValue | None:
+    kvs = kvs_of(response)
+    return kvs[0] if kvs else None
+
+
+def _same_key(kv: KeyValue, candidacy: _Candidacy) -> bool:
+    return kv.key == candidacy.key and kv.create_revision == candidacy.create_revision
+
+
 @dataclass
 class _Candidacy:
     """Our key for one campaign: identified by name AND create revision, since
@@ -110,39 +119,20 @@ class EtcdElection(BaseElection["EtcdFactory"]):
 
     async def _campaign(self) -> tuple[int, float]:
         while True:
-            candidacy = await self._stand()
             # Taken before looking, so a deletion seen after the look still wakes us.
             changed = self._factory._view(self.resource_id).changed
-            # One read for both questions: is anyone queued before us (Go's
-            # waitDeletes), and do our key and lease still exist? etcd's
-            # Campaign skips the second; m3 had to patch it in.
-            responses, _ = await self._factory.batcher.submit(
-                [
-                    {
-                        "request_range": range_request(
-                            self.election_prefix + "/",
-                            max_create_revision=candidacy.create_revision - 1,
-                            sort_order="DESCEND",
-                            sort_target="CREATE",
-                            limit=1,
-                            keys_only=True,
-                        )
-                    },
-                    {"request_range": {"key": b64(candidacy.key)}},
-                ]
-            )
-            predecessors, ours = (kvs_of(response) for response in responses)
-            if predecessors:
-                # The watch wakes us; the timeout covers a watch that is reconnecting.
-                with trio.move_on_after(self._factory.renew_interval), self._factory._watching():
-                    await changed.wait()
-                if self._first_in_view(candidacy):
-                    break
+            candidacy, first = await self._stand()
+            if first is not None and _same_key(first, candidacy):
+                break  # ours is the oldest key: master
+            if first is None or first.create_revision > candidacy.create_revision:
+                self._forget_candidacy()  # our key is gone: stand again
                 continue
-            if not ours or ours[0].create_revision != candidacy.create_revision:
-                self._candidacy = None
-                continue
-            break
+            # Someone is queued before us (Go's waitDeletes). The watch wakes
+            # us; the timeout covers a watch that is reconnecting.
+            with trio.move_on_after(self._factory.renew_interval), self._factory._watching():
+                await changed.wait()
+            if self._first_in_view(candidacy):
+                break
         return candidacy.create_revision, self._factory.lease_deadline
 
     def _first_in_view(self, candidacy: _Candidacy) -> bool:
@@ -158,9 +148,21 @@ class EtcdElection(BaseElection["EtcdFactory"]):
         first = min(view.keys.values(), key=lambda kv: kv.create_revision)
         return first.key == candidacy.key and first.create_revision == candidacy.create_revision
 
-    async def _stand(self) -> _Candidacy:
-        """Put our key on the factory's lease, or find the one we put before."""
+    async def _stand(self) -> tuple[_Candidacy, KeyValue | None]:
+        """Put our key on the factory's lease (or find the one we put before)
+        and, in the same transaction, read the oldest key of the election:
+        one round trip tells an uncontended candidate that it won."""
         factory = self._factory
+        # The oldest key under the election, read after our put: ours if we lead.
+        first = {
+            "request_range": range_request(
+                self.election_prefix + "/",
+                sort_order="ASCEND",
+                sort_target="CREATE",
+                limit=1,
+                keys_only=True,
+            )
+        }
         while True:
             lease_id = await factory._current_lease()
             candidacy = self._candidacy
@@ -169,7 +171,8 @@ class EtcdElection(BaseElection["EtcdFactory"]):
                 and candidacy.lease_id == lease_id
                 and candidacy.create_revision
             ):
-                return candidacy
+                (response,), _ = await factory.batcher.submit([first])
+                return candidacy, _first_of(response)
             key = f"{self.election_prefix}/{lease_id:x}"
             if self._candidacy is not None and self._candidacy.key != key:
                 self._forget_candidacy()  # on a lease that is gone, with its key
@@ -182,8 +185,8 @@ class EtcdElection(BaseElection["EtcdFactory"]):
             # put's revision, or the earlier one if the key was already there.
             put = {"key": b64(key), "value": b64(self.instance_id), "lease": str(lease_id)}
             try:
-                (response,), revision = await factory.batcher.submit(
-                    [{"request_put": {**put, "prev_kv": True}}]
+                (response, oldest), revision = await factory.batcher.submit(
+                    [{"request_put": {**put, "prev_kv": True}}, first]
                 )
             except EtcdError as exc:
                 if not _lease_not_found(exc):
@@ -196,7 +199,7 @@ class EtcdElection(BaseElection["EtcdFactory"]):
             if previous is not None:
                 revision = int(previous["create_revision"])
             self._candidacy = _Candidacy(key, revision, lease_id)
-            return self._candidacy
+            return self._candidacy, _first_of(oldest)
 
     async def _release(self) -> None:
         candidacy = self._candidacy
