@@ -11,7 +11,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
-SOURCES = ["election2", "tests", "docs/examples"]
+SOURCES = ["election2", "tests", "docs/examples", "chaos"]
 
 
 @nox.session
@@ -39,6 +39,14 @@ def docs(session: nox.Session) -> None:
     """Build the docs with warnings as errors."""
     session.install("-e", ".[dev]", "sphinx", "myst-parser")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The fault campaign, 60 s per backend: ``nox -s chaos -- [SEED ...]`` (default seed 1)."""
+    session.install("-e", ".[dev]")
+    for seed in session.posargs or ["1"]:
+        session.run("python", "-m", "chaos", "--seed", seed, "--duration", "60")
 
 
 # Peer libraries measured beside election2 by bench/bench_peers.py: installed in

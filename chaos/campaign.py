@@ -26,6 +26,7 @@ restarts"), when every lock it held has expired anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -525,6 +526,9 @@ class Campaign:
         self, campaign: tuple[int, int, bool, list[Fault]], leftover: list[str]
     ) -> CampaignResult:
         begin_ns, end_ns, recovered, faults = campaign
+        with (self.directory / "faults.jsonl").open("w") as log:
+            for fault in faults:
+                log.write(json.dumps(dataclasses.asdict(fault)) + "\n")
         paths = [c.history for c in self.candidates if c.history.exists()]
         history = load_history(*paths, self.directory / "pauses.jsonl")
         terms = working_terms(history)
