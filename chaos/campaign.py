@@ -532,7 +532,7 @@ class Campaign:
         paths = [c.history for c in self.candidates if c.history.exists()]
         history = load_history(*paths, self.directory / "pauses.jsonl")
         terms = working_terms(history)
-        return CampaignResult(
+        result = CampaignResult(
             backend=self.backend,
             seed=self.seed,
             duration=self.duration,
@@ -556,6 +556,8 @@ class Campaign:
             recovered=recovered,
             leftover=leftover,
         )
+        (self.directory / "result.json").write_text(json.dumps(result.summary(), indent=1))
+        return result
 
 
 def children_of(pid: int) -> list[str]:

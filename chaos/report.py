@@ -88,8 +88,9 @@ def failovers(
     candidates: frozenset[str],
     window_end_ns: int,
 ) -> dict[str, list[float]]:
-    """Failover seconds per fault kind (see the module docstring); terms whose
-    work ended after ``window_end_ns`` (the shutdown's hand-overs) are left out.
+    """Failover seconds per fault kind (see the module docstring); a term whose
+    successor started after ``window_end_ns`` (a hand-over when the candidates
+    are stopped) is left out.
 
     Every term that was followed by another is blamed on one fault: the
     latest-started one that could have ended it, a fault of the term's own
@@ -99,7 +100,7 @@ def failovers(
     samples: dict[str, list[float]] = defaultdict(list)
     for terms in terms_by_resource.values():
         for holder, successor in itertools.pairwise(terms):
-            if holder.work_end_ns >= window_end_ns:
+            if successor.term.start_ns >= window_end_ns:
                 continue
             cause = blame(faults, holder, ttl_ns, candidates)
             if cause is None:
@@ -153,6 +154,26 @@ class CampaignResult:
     @property
     def ok(self) -> bool:
         return self.check.ok and self.recovered and not self.leftover
+
+    def summary(self) -> dict[str, object]:
+        """The numbers as JSON-ready data (failover samples included)."""
+        return {
+            "backend": self.backend,
+            "seed": self.seed,
+            "duration": self.duration,
+            "faults": dict(Counter(fault.kind for fault in self.faults)),
+            "terms": self.check.terms,
+            "operations": self.check.operations,
+            "fenced": self.check.fenced_operations,
+            "excused": len({id(excusal.operation) for excusal in self.check.excusals}),
+            "violations": [str(violation) for violation in self.check.violations],
+            "availability": self.availability,
+            "failovers": self.failovers,
+            "writes_accepted": self.writes_accepted,
+            "writes_refused": self.writes_refused,
+            "recovered": self.recovered,
+            "leftover": self.leftover,
+        }
 
     def markdown(self) -> str:
         """The campaign's numbers as markdown, with the seed to replay it."""
