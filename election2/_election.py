@@ -42,6 +42,7 @@ from ._checks import (
     drift_margin,
 )
 from ._events import ElectionEvent, EventKind, EventLog, Listener
+from ._locks import LockTable
 from ._mastership import Mastership
 from .errors import (
     ConfigurationError,
@@ -114,13 +115,24 @@ ElectionT = TypeVar("ElectionT", bound="BaseElection")  # type: ignore[type-arg]
 class BaseElection(ABC, Generic[FactoryT]):
     """Shared implementation of :class:`Election`; see the module docstring."""
 
+    # An instance may hold tens of thousands: no per-object dict.
+    __slots__ = (
+        "_campaigns",
+        "_closed",
+        "_factory",
+        "_in_backend",
+        "_last_token",
+        "_mastership",
+        "_pending",
+        "_resource_id",
+    )
+
     def __init__(self, factory: FactoryT, resource_id: str) -> None:
         self._factory = factory
         self._resource_id = resource_id
         self._mastership = Mastership()
-        self._campaign_lock = trio.Lock()
-        self._release_lock = trio.Lock()
-        self._pending: set[trio.CancelScope] = set()
+        #: The campaign in progress (one at a time: under the campaign lock).
+        self._pending: trio.CancelScope | None = None
         self._closed = False
         #: The backend may hold a candidacy or term of ours: set when a
         #: campaign starts, cleared only when a release is confirmed.
@@ -188,7 +200,7 @@ class BaseElection(ABC, Generic[FactoryT]):
         cannot be reached.
         """
         self._check_open()
-        async with self._campaign_lock:
+        async with self._factory._locks.hold((self, "campaign")):
             self._check_open()
             if self._mastership.held:
                 return
@@ -206,7 +218,7 @@ class BaseElection(ABC, Generic[FactoryT]):
             started = trio.current_time()
             self._emit("campaign")
             with trio.CancelScope() as pending:
-                self._pending.add(pending)
+                self._pending = pending
                 self._in_backend = True
                 self._campaigns += 1
                 try:
@@ -219,7 +231,7 @@ class BaseElection(ABC, Generic[FactoryT]):
                     await self._release_now()
                     raise
                 finally:
-                    self._pending.discard(pending)
+                    self._pending = None
             if self._closed:
                 await self._release_now()
                 raise ElectionClosedError(f"election {self._resource_id!r} was closed")
@@ -283,8 +295,8 @@ class BaseElection(ABC, Generic[FactoryT]):
         """Close without telling the backend: stop the campaigns, end the
         term (its scopes are cancelled now) and leave the factory."""
         self._closed = True
-        for pending in self._pending:
-            pending.cancel()
+        if self._pending is not None:
+            self._pending.cancel()
         self._end_term("closed")
         self._factory._forget(self)
 
@@ -327,7 +339,7 @@ class BaseElection(ABC, Generic[FactoryT]):
         failure = f"no answer within {self._factory.close_timeout:g} s"
         with trio.move_on_after(self._factory.close_timeout) as bounded:
             bounded.shield = True
-            async with self._release_lock:
+            async with self._factory._locks.hold((self, "release")):
                 if not self._in_backend or campaign not in (None, self._campaigns):
                     return True  # released already (a campaign starts only after that)
                 try:
@@ -520,6 +532,8 @@ class BaseFactory(ABC, Generic[ElectionT]):
         #: Local expiry of the factory's session (lease mechanisms); -inf if none.
         self.lease_deadline = -math.inf
         self._elections: dict[str, ElectionT] = {}
+        #: The campaign and release locks of the elections, while in use.
+        self._locks = LockTable()
         self._join_lock = trio.Lock()
         self._joined = False
         self._closed = False

@@ -21,9 +21,12 @@ __all__ = ["Mastership"]
 class Mastership:
     """The state of one election's term and the scopes guarding work under it."""
 
+    __slots__ = ("_deadline", "_held", "_scopes", "_token")
+
     def __init__(self) -> None:
-        #: Every open scope, with how long before the deadline it ends (its grace).
-        self._scopes: dict[trio.CancelScope, float] = {}
+        #: Every open scope, with how long before the deadline it ends (its
+        #: grace); None while there is none (most held terms have none open).
+        self._scopes: dict[trio.CancelScope, float] | None = None
         self._held = False
         self._token: int | None = None
         self._deadline = -math.inf
@@ -65,7 +68,7 @@ class Mastership:
         if not self._held or deadline <= self._deadline:
             return
         self._deadline = deadline
-        for scope, grace in self._scopes.items():
+        for scope, grace in (self._scopes or {}).items():
             if not scope.cancel_called:
                 scope.deadline = deadline - grace
 
@@ -74,7 +77,7 @@ class Mastership:
         self._held = False
         self._token = None
         self._deadline = -math.inf
-        for scope in self._scopes:
+        for scope in self._scopes or ():
             scope.cancel()
 
     @contextmanager
@@ -84,9 +87,13 @@ class Mastership:
         cancel_scope = trio.CancelScope(deadline=self._deadline - grace)
         if not self.held:
             cancel_scope.cancel()
+        if self._scopes is None:
+            self._scopes = {}
         self._scopes[cancel_scope] = grace
         try:
             with cancel_scope:
                 yield cancel_scope
         finally:
             del self._scopes[cancel_scope]
+            if not self._scopes:
+                self._scopes = None

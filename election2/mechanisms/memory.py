@@ -259,6 +259,8 @@ class MemoryBackend:
 class MemoryElection(BaseElection["MemoryFactory"]):
     """An election on a :class:`MemoryBackend`."""
 
+    __slots__ = ()
+
     async def _campaign(self) -> tuple[int, float]:
         backend = self._factory.backend
         while True:

@@ -64,7 +64,7 @@ def kvs_of(response: Json) -> list[KeyValue]:
     return [KeyValue.from_json(kv) for kv in response.get("response_range", {}).get("kvs", [])]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyValue:
     key: str
     value: str

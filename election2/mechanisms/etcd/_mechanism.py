@@ -61,7 +61,7 @@ def _same_key(kv: KeyValue, candidacy: _Candidacy) -> bool:
     return kv.key == candidacy.key and kv.create_revision == candidacy.create_revision
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidacy:
     """Our key for one campaign: identified by name AND create revision, since
     a later campaign on the same lease reuses the name."""
@@ -77,7 +77,7 @@ class _Candidacy:
         return 0 < self.create_revision < revision
 
 
-@dataclass
+@dataclass(slots=True)
 class _Presence:
     """Our presence key: on which lease we put it, and its create revision
     (0 while a put is in flight, or once a renewal found it gone)."""
@@ -90,9 +90,19 @@ class _Presence:
 class _ResourceView:
     """What the factory's watch knows of one resource's candidacy keys."""
 
+    __slots__ = ("_changed", "keys")
+
     def __init__(self) -> None:
         self.keys: dict[str, KeyValue] = {}
-        self.changed = trio.Event()
+        self._changed: trio.Event | None = None
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next change (made when first asked for: most resources
+        have nobody waiting or observing)."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        return self._changed
 
     @property
     def leader(self) -> str | None:
@@ -101,12 +111,15 @@ class _ResourceView:
         return min(self.keys.values(), key=lambda kv: kv.create_revision).value
 
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
 
 class EtcdElection(BaseElection["EtcdFactory"]):
     """The election of one resource on etcd."""
+
+    __slots__ = ("_candidacy",)
 
     def __init__(self, factory: EtcdFactory, resource_id: str) -> None:
         super().__init__(factory, resource_id)
