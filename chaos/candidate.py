@@ -52,6 +52,11 @@ async def work_on(
                             if not await store.write(resource, token):
                                 operation.fenced()
                                 fenced = True
+                            # A reply read after a pause past the deadline comes with no
+                            # checkpoint (trio hands a task its I/O before a cancellation
+                            # due at the same time): this one makes such an operation end
+                            # "cancelled", not "ok" after its deadline.
+                            await trio.lowlevel.checkpoint()
                     except (OSError, trio.BrokenResourceError) as exc:  # recorded as "error"
                         log.warning("%s: the store failed: %r", resource, exc)
                     await trio.sleep(rng.uniform(0.005, 0.020))
