@@ -7,11 +7,15 @@ runs are bound by that CPU. This client pipelines.
 
 * :class:`RedisClient` (one per node) is an async context manager owning a
   nursery; entered, it connects lazily on the first call. Commands share
-  ONE connection, pipelined: a caller appends its encoded command to the
-  connection's outgoing buffer and its waiter to a FIFO, then parks; the
-  connection's writer task sends whatever accumulated in one write, and its
-  reader task parses replies and hands them out in FIFO order. Nothing a
-  caller does can cut a command in half on the wire.
+  ONE connection, pipelined: a caller appends its waiter to a FIFO and, on
+  a plain TCP connection with nothing else being written, writes its
+  encoded command itself with one non-blocking ``write`` (no task switch);
+  whatever does not fit in the socket buffer, and every command while the
+  connection's writer task is busy (or on TLS), goes to the outgoing buffer,
+  which the writer sends in one write. The write is synchronous, so nothing
+  a caller does (cancellation included) can cut a command in half on the
+  wire. The reader task waits for the socket to be readable, then reads,
+  parses replies and hands them out in FIFO order.
 * A caller cancelled while its reply is pending abandons its waiter: the
   reply is still read and dropped, so the stream stays in step. The
   connection is then *retired* (suspect: a timeout is the usual cause, and a
@@ -37,6 +41,7 @@ runs are bound by that CPU. This client pipelines.
 from __future__ import annotations
 
 import hashlib
+import os
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -61,9 +66,11 @@ __all__ = [
     "Message",
     "ProtocolError",
     "PythonParser",
+    "Raw",
     "RedisClient",
     "RedisError",
     "ReplyError",
+    "bulk_strings",
     "encode",
 ]
 
@@ -101,10 +108,42 @@ class Message(NamedTuple):
 # -- encoding and parsing ---------------------------------------------------------------
 
 
-def encode(args: Sequence[str | bytes | int | float]) -> bytes:
+class Raw:
+    """A run of ``count`` arguments already encoded as RESP2 bulk strings
+    (:func:`bulk_strings`): big argument lists encoded once and sent to
+    several nodes, or again and again, without encoding them each time."""
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, data: bytes, count: int) -> None:
+        self.data = data
+        self.count = count
+
+
+Arg = str | bytes | int | float | Raw
+
+
+def count_args(args: Sequence[Arg]) -> int:
+    """How many arguments ``args`` stands for (a :class:`Raw` run counts its own)."""
+    return sum(arg.count if isinstance(arg, Raw) else 1 for arg in args)
+
+
+def bulk_strings(strings: Sequence[str]) -> Raw:
+    """``strings`` as one :class:`Raw` run (one pass; ASCII in one encode)."""
+    text = "".join([f"${len(s)}\r\n{s}\r\n" for s in strings])
+    if text.isascii():
+        return Raw(text.encode(), len(strings))
+    data = [s.encode() for s in strings]  # lengths in bytes, not characters
+    return Raw(b"".join([b"$%d\r\n%s\r\n" % (len(d), d) for d in data]), len(strings))
+
+
+def encode(args: Sequence[Arg]) -> bytes:
     """One command as a RESP2 array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
+    parts = [b"*%d\r\n" % count_args(args)]
     for arg in args:
+        if isinstance(arg, Raw):
+            parts.append(arg.data)
+            continue
         if isinstance(arg, bytes):
             data = arg
         elif isinstance(arg, str):
@@ -122,6 +161,9 @@ class _NotReady:
 
 
 NOT_READY = _NotReady()
+
+#: A spurious wake-up of a pub/sub read: nothing to parse, not a closed stream.
+_NOTHING_YET = b"?"
 
 
 class Parser(Protocol):
@@ -246,6 +288,13 @@ class _Connection:
         self.stream = stream
         self.parser = parser
         self.name = name
+        #: The socket's descriptor on a plain TCP connection (written and
+        #: read directly, see the module docstring); None on TLS.
+        self.fd: int | None = (
+            stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        )
+        #: The writer task is sending: nobody else may write meanwhile.
+        self.writing = False
         self.pending: deque[_Waiter] = deque()
         #: Waiters in ``pending`` whose caller still waits.
         self.live = 0
@@ -262,8 +311,23 @@ class _Connection:
         waiter = _Waiter(trio.lowlevel.current_task())
         self.pending.append(waiter)
         self.live += 1
-        self.outgoing.append(data)
-        self.writer_idle.unpark()
+        if self.fd is not None and not self.outgoing and not self.writing:
+            # Nothing else is being written: write it now, synchronously.
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                # The connection is done for; our waiter is failed with the
+                # others (by run(), once it unwinds).
+                self.fail(exc)
+                sent = len(data)
+            if sent < len(data):
+                self.outgoing.append(data[sent:])
+                self.writer_idle.unpark()
+        else:
+            self.outgoing.append(data)
+            self.writer_idle.unpark()
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             # Cancelled while pending: the reply will be read and dropped.
@@ -309,15 +373,26 @@ class _Connection:
                     continue
                 data = b"".join(self.outgoing) if len(self.outgoing) > 1 else self.outgoing[0]
                 self.outgoing.clear()
+                self.writing = True
                 await self.stream.send_all(data)
+                self.writing = False
         except Exception as exc:
             self.fail(exc)
 
     async def _read(self) -> None:
-        pending, parser = self.pending, self.parser
+        pending, parser, fd = self.pending, self.parser, self.fd
         try:
             while True:
-                data = await self.stream.receive_some(_CHUNK)
+                if fd is None:
+                    data = await self.stream.receive_some(_CHUNK)
+                else:
+                    # Wait first: right after a reply nothing more is there
+                    # yet, and a read would only say so (one syscall saved).
+                    await trio.lowlevel.wait_readable(fd)
+                    try:
+                        data = os.read(fd, _CHUNK)
+                    except BlockingIOError:
+                        continue
                 if not data:
                     raise ConnectionLostError(f"{self.name}: connection closed by the server")
                 parser.feed(data)
@@ -385,7 +460,7 @@ class RedisClient:
 
     # -- commands
 
-    async def execute(self, *args: str | bytes | int | float) -> Any:
+    async def execute(self, *args: Arg) -> Any:
         """Send one command and return its reply; raise :class:`ReplyError`
         for an error reply, :class:`ConnectionLostError` for the connection."""
         connection = self._connection
@@ -396,14 +471,16 @@ class RedisClient:
             raise reply
         return reply
 
-    async def run_script(self, script: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        """``EVALSHA``, or ``EVAL`` where the node does not know the script."""
+    async def run_script(self, script: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """``EVALSHA``, or ``EVAL`` where the node does not know the script
+        (keys and arguments may include :class:`Raw` runs)."""
+        numkeys = count_args(keys)
         try:
-            return await self.execute("EVALSHA", _script_sha(script), len(keys), *keys, *args)
+            return await self.execute("EVALSHA", _script_sha(script), numkeys, *keys, *args)
         except ReplyError as exc:
             if exc.code != "NOSCRIPT":
                 raise
-        return await self.execute("EVAL", script, len(keys), *keys, *args)
+        return await self.execute("EVAL", script, numkeys, *keys, *args)
 
     async def get(self, key: str) -> str | None:
         reply: str | None = await self.execute("GET", key)
@@ -496,12 +573,25 @@ class Subscription:
         answer_timeout: float,
     ) -> None:
         self._stream, self._parser, self._name = stream, parser, name
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self._keepalive = keepalive
         #: How long a keepalive PING may go unanswered.
         self._answer_timeout = max(1.0, 2 * answer_timeout)
 
     def __aiter__(self) -> Subscription:
         return self
+
+    async def _receive(self) -> bytes:
+        """What arrived; on plain TCP, wait until the socket is readable
+        first (a notice is rarely followed by another at once)."""
+        fd = self._fd
+        if fd is None:
+            return bytes(await self._stream.receive_some(_CHUNK))
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            return os.read(fd, _CHUNK)
+        except BlockingIOError:
+            return _NOTHING_YET
 
     async def __anext__(self) -> Message:
         pinged = False
@@ -511,9 +601,11 @@ class Subscription:
                 data = None
                 with trio.move_on_after(self._answer_timeout if pinged else self._keepalive):
                     try:
-                        data = await self._stream.receive_some(_CHUNK)
+                        data = await self._receive()
                     except (OSError, trio.BrokenResourceError) as exc:
                         raise _lost(f"{self._name}: pub/sub", exc) from exc
+                if data is _NOTHING_YET:
+                    continue
                 if data is None:
                     if pinged:
                         raise ConnectionLostError(
