@@ -61,8 +61,8 @@ import re
 import secrets
 import string
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
 import trio
@@ -71,22 +71,21 @@ from ..._checks import MAX_RESOURCE_ID_LENGTH
 from ..._election import BaseElection, BaseFactory, Renewal
 from ...errors import ConfigurationError, ElectionClosedError, MechanismUnavailableError
 from ._redlock import (
-    ACQUIRE,
+    ACQUIRE_MANY,
     EXTEND,
     FENCE,
     JOIN,
     LEAVE,
     MEMBERS,
-    RELEASE,
     RELEASE_MANY,
-    UNDO,
+    Batcher,
     NodeFailure,
     RedisNode,
     failures,
     fan_out,
     unavailable,
 )
-from ._resp import RedisError
+from ._resp import Arg, Raw, RedisError, bulk_strings
 
 __all__ = ["RedisElection", "RedisFactory"]
 
@@ -145,11 +144,15 @@ def check_members_key(key_template: str, prefix: str, members_key: str) -> None:
 
 
 class _Signals:
-    """Per-resource events set by the factory's pub/sub listeners."""
+    """Per-resource events set by the factory's pub/sub listeners, kept
+    while a campaign or an observer of the resource uses them."""
+
+    __slots__ = ("changed", "released", "users")
 
     def __init__(self) -> None:
         self.released = trio.Event()
         self.changed = trio.Event()
+        self.users = 0
 
     def fire(self, kind: str) -> None:
         if kind == "released":
@@ -162,6 +165,8 @@ class _Signals:
 class RedisElection(BaseElection["RedisFactory"]):
     """The election of one resource by Redlock."""
 
+    __slots__ = ("_value", "key", "token_key")
+
     def __init__(self, factory: RedisFactory, resource_id: str) -> None:
         super().__init__(factory, resource_id)
         self.key = factory.key_template.format(prefix=factory.prefix, resource=resource_id)
@@ -169,16 +174,15 @@ class RedisElection(BaseElection["RedisFactory"]):
         #: Our lock value while we hold or try for the lock, or hold it on some
         #: node until a release is confirmed: "instance:random".
         self._value: str | None = None
-        #: The answers to the last renewal, if it confirmed the term, and the
-        #: term's place in them: the next renewal sets the key again on the
-        #: nodes that answered "missing" (late answers included).
-        self._confirmed_by: tuple[dict[RedisNode, list[int]], int] | None = None
 
     async def _campaign(self) -> tuple[int, float]:
+        with self._factory._signals(self.resource_id) as signals:
+            return await self._campaign_with(signals)
+
+    async def _campaign_with(self, signals: _Signals) -> tuple[int, float]:
         factory = self._factory
         unreachable_rounds = lost_rounds = 0
         while True:
-            signals = factory._signals(self.resource_id)
             released = signals.released
             try:
                 won = await self._try_acquire()
@@ -209,23 +213,20 @@ class RedisElection(BaseElection["RedisFactory"]):
     async def _try_acquire(self) -> tuple[int, float] | None:
         factory = self._factory
         if self._value is not None:
-            await self._delete(UNDO)  # an earlier round's undo did not reach a quorum
+            await self._delete(notice=False)  # an earlier round's undo did not reach a quorum
         value = f"{self.instance_id}:{secrets.token_hex(20)}"
         self._value = value
-        self._confirmed_by = None
-        round_started = trio.current_time()
-        results = await fan_out(
-            factory.nodes,
-            lambda node: node.run(
-                ACQUIRE,
-                [self.key, self.token_key],
-                [value, factory.ttl_ms, factory.channel, self.resource_id],
-            ),
-            nursery=factory.nursery,
-            enough=factory.decided(lambda r: int(r) > 0),
-        )
-        granted = [int(r) for r in results if not isinstance(r, NodeFailure) and int(r) > 0]
-        deadline = round_started + factory.ttl - factory.margin
+        # One call per node for every round submitted now (other campaigns'
+        # too); the validity window runs from the moment it was sent.
+        submission = factory._acquires.add((self, value))
+        try:
+            results = await factory._acquires.decided(submission)
+        except BaseException:
+            if self._value == value and not submission.sent:
+                self._value = None  # withdrawn before anything was sent
+            raise
+        granted = [r for r in results if isinstance(r, int) and r > 0]
+        deadline = submission.sent_at + factory.ttl - factory.margin
         if len(granted) >= factory.quorum and trio.current_time() < deadline:
             token = max(granted)
             # Every granting node already counts `token` (the usual case), or
@@ -233,7 +234,7 @@ class RedisElection(BaseElection["RedisFactory"]):
             if min(granted) == token or await self._fence(token):
                 return token, deadline
         # Not held: undo the partial acquisition everywhere, then report why.
-        await self._delete(UNDO)
+        await self._delete(notice=False)
         if len(failures(results)) > len(results) - factory.quorum:
             raise unavailable(f"cannot acquire {self.key!r}", results, factory.quorum)
         return None
@@ -251,10 +252,11 @@ class RedisElection(BaseElection["RedisFactory"]):
 
     async def _release(self) -> None:
         """Delete our key everywhere and wake the candidates waiting for it."""
-        await self._delete(RELEASE, self._factory.channel, self.resource_id)
+        await self._delete(notice=True)
 
-    async def _delete(self, script: str, *notice: str) -> None:
-        """Compare-and-delete our value on every node (``RELEASE`` or ``UNDO``).
+    async def _delete(self, *, notice: bool) -> None:
+        """Compare-and-delete our value on every node, with a release notice
+        or without (the undo of a lost round), batched with the others.
 
         The value is forgotten only once a quorum answered (deleted, or not
         ours there): until then the deletion can be tried again.
@@ -263,25 +265,12 @@ class RedisElection(BaseElection["RedisFactory"]):
         if value is None:
             return
         factory = self._factory
-        results = await fan_out(
-            factory.nodes,
-            lambda node: node.run(script, [self.key], [value, *notice]),
-            nursery=factory.nursery,
-            enough=factory.decided(lambda r: True),
-        )
+        releases = factory._releases
+        results = await releases.decided(releases.add((self, value, notice)))
         if len(failures(results)) > len(results) - factory.quorum:
             raise unavailable(f"cannot release {self.key!r}", results, factory.quorum)
         if self._value == value:
             self._value = None
-
-    def _missing_nodes(self) -> set[RedisNode]:
-        """Take the nodes where the previous renewal, which confirmed the term,
-        found the key missing; none once the term's local deadline passed."""
-        confirmed_by, self._confirmed_by = self._confirmed_by, None
-        if confirmed_by is None or not self._mastership.held:
-            return set()
-        seen, index = confirmed_by
-        return {node for node, answers in seen.items() if answers[index] == -1}
 
     async def _read_leader(self) -> str | None:
         self._check_open()
@@ -301,20 +290,73 @@ class RedisElection(BaseElection["RedisFactory"]):
 
     @asynccontextmanager
     async def _leader_changes(self) -> AsyncIterator[AsyncIterator[str | None]]:
-        yield self._follow_leader()
+        changes = self._follow_leader()
+        try:
+            yield changes
+        finally:
+            await changes.aclose()  # lets go of the resource's notices now
 
-    async def _follow_leader(self) -> AsyncIterator[str | None]:
+    async def _follow_leader(self) -> AsyncGenerator[str | None]:
         factory = self._factory
-        while True:
-            changed = factory._signals(self.resource_id).changed
-            try:
-                current = await self._read_leader()
-            except MechanismUnavailableError:
-                pass  # no quorum right now: keep following, the next poll re-syncs
-            else:
-                yield current
-            with trio.move_on_after(factory.poll_interval):
-                await changed.wait()
+        with factory._signals(self.resource_id) as signals:
+            while True:
+                changed = signals.changed
+                try:
+                    current = await self._read_leader()
+                except MechanismUnavailableError:
+                    pass  # no quorum right now: keep following, the next poll re-syncs
+                else:
+                    yield current
+                with trio.move_on_after(factory.poll_interval):
+                    await changed.wait()
+
+
+class _RenewalRound:
+    """One renewal: the terms it covered, the encoded call (reused by the
+    next renewal while nothing changed) and each node's answers."""
+
+    __slots__ = ("answers", "holding", "keys", "unconfirmed", "value_args", "values")
+
+    def __init__(
+        self, holding: list[RedisElection], values: list[str], keys: Raw, value_args: Raw
+    ) -> None:
+        self.holding = holding
+        self.values = values
+        self.keys = keys
+        self.value_args = value_args
+        #: Per node, its answer per key (late answers too).
+        self.answers: dict[RedisNode, list[int]] = {}
+        #: The terms this renewal did not confirm (refused or unconfirmed).
+        self.unconfirmed: set[RedisElection] = set()
+
+    def repairs(self, holding: list[RedisElection]) -> dict[RedisNode, list[int]]:
+        """Per node, the (key number, token) pairs to set again at the renewal
+        of ``holding``: keys this renewal confirmed on a quorum but found
+        missing there, of terms still held (same value, before their local
+        deadline). Usually none, found without a look at each key."""
+        repairs: dict[RedisNode, list[int]] = {}
+        position: dict[RedisElection, int] | None = None
+        for node, answers in self.answers.items():
+            if -1 not in answers:
+                continue
+            for index, answer in enumerate(answers):
+                if answer != -1:
+                    continue
+                election = self.holding[index]
+                token = election._mastership.token
+                if (
+                    election in self.unconfirmed
+                    or election._value != self.values[index]
+                    or not election._mastership.held
+                    or not token
+                ):
+                    continue
+                if position is None:
+                    position = {e: i for i, e in enumerate(holding)}
+                now = position.get(election)
+                if now is not None:
+                    repairs.setdefault(node, []).extend((now + 1, token))  # Lua counts from 1
+        return repairs
 
 
 class RedisFactory(BaseFactory[RedisElection]):
@@ -361,6 +403,26 @@ class RedisFactory(BaseFactory[RedisElection]):
         self._presence_writes = 0
         self._presence_idle = trio.Event()
         self._presence_idle.set()
+        #: Concurrent acquire rounds and deletions, one call per node per batch.
+        self._acquires: Batcher[tuple[RedisElection, str]] = Batcher(
+            self.nodes,
+            ACQUIRE_MANY,
+            self._encode_acquires,
+            quorum=self.quorum,
+            success=lambda answer: isinstance(answer, int) and answer > 0,
+            nursery=lambda: self.nursery,
+        )
+        self._releases: Batcher[tuple[RedisElection, str, bool]] = Batcher(
+            self.nodes,
+            RELEASE_MANY,
+            self._encode_releases,
+            quorum=self.quorum,
+            success=lambda answer: True,
+            nursery=lambda: self.nursery,
+        )
+        #: The last renewal: what it sent (reused while the held keys and
+        #: values stay the same) and what each node answered.
+        self._last_renewal: _RenewalRound | None = None
 
     def decided(self, success: Callable[[Any], bool]) -> Callable[[Sequence[object]], bool]:
         """A fan-out is decided once a quorum succeeded or can no longer."""
@@ -377,11 +439,36 @@ class RedisFactory(BaseFactory[RedisElection]):
     def _create_election(self, resource_id: str) -> RedisElection:
         return RedisElection(self, resource_id)
 
-    def _signals(self, resource_id: str) -> _Signals:
+    def _encode_acquires(
+        self, items: list[tuple[RedisElection, str]]
+    ) -> tuple[list[Arg], list[Arg]]:
+        keys = [e.key for e, _ in items] + [e.token_key for e, _ in items]
+        args: list[str] = []
+        for election, value in items:
+            args += (value, election.resource_id)
+        return [bulk_strings(keys)], [self.ttl_ms, self.channel, bulk_strings(args)]
+
+    def _encode_releases(
+        self, items: list[tuple[RedisElection, str, bool]]
+    ) -> tuple[list[Arg], list[Arg]]:
+        args: list[str] = []
+        for election, value, notice in items:
+            args += (value, election.resource_id if notice else "")
+        return [bulk_strings([e.key for e, _, _ in items])], [self.channel, bulk_strings(args)]
+
+    @contextmanager
+    def _signals(self, resource_id: str) -> Iterator[_Signals]:
+        """The resource's notices, for as long as the block uses them."""
         signals = self._resource_signals.get(resource_id)
         if signals is None:
             signals = self._resource_signals[resource_id] = _Signals()
-        return signals
+        signals.users += 1
+        try:
+            yield signals
+        finally:
+            signals.users -= 1
+            if signals.users == 0 and self._resource_signals.get(resource_id) is signals:
+                del self._resource_signals[resource_id]
 
     async def _open(self) -> None:
         async def ping(node: RedisNode) -> object:
@@ -412,48 +499,65 @@ class RedisFactory(BaseFactory[RedisElection]):
                     self._fire_members()
                 if message.kind != "message":
                     continue
-                kind, _, resource_id = str(message.data).partition(":")
+                kind, _, resources = str(message.data).partition(":")
                 if kind in ("joined", "left"):
                     self._fire_members()
                     continue
-                signals = self._resource_signals.get(resource_id)
-                if signals is not None:
-                    signals.fire(kind)
+                # One notice per batched call: its resources, one per line.
+                watched = self._resource_signals
+                for resource_id in resources.split("\n") if watched else ():
+                    signals = watched.get(resource_id)
+                    if signals is not None:
+                        signals.fire(kind)
 
     async def _renew(self, held: list[RedisElection]) -> Renewal[RedisElection]:
         holding = [e for e in held if e._value is not None]
         present = self._present
         if not holding and not present:
             return Renewal(refused=frozenset(held))  # a reader writes nothing
-        keys = [self.members_key] + [e.key for e in holding] + [e.token_key for e in holding]
+        values = [e._value or "" for e in holding]
+        last, self._last_renewal = self._last_renewal, None
+        if last is not None and last.holding == holding and last.values == values:
+            keys, value_args = last.keys, last.value_args  # at rest: nothing changed
+        else:
+            keys = bulk_strings(
+                [self.members_key, *(e.key for e in holding), *(e.token_key for e in holding)]
+            )
+            value_args = bulk_strings(values)
         # A key is set again only where the previous renewal found it missing,
         # only if that renewal found it on a quorum and only before the term's
         # local deadline: nobody else can have held the lock meanwhile, and a
         # key gone from a majority is never brought back.
-        terms = [(e._value or "", e._mastership.token or 0, e._missing_nodes()) for e in holding]
-        seen: dict[RedisNode, list[int]] = {}
+        repairs = {} if last is None else last.repairs(holding)
+        current = _RenewalRound(holding, values, keys, value_args)
+        head: list[Arg] = [self.ttl_ms, self.instance_id if present else "", self.channel]
+        count = len(holding)
 
         async def extend(node: RedisNode) -> list[int]:
-            args: list[str | int] = [self.ttl_ms, self.instance_id if present else "", self.channel]
-            for value, token, missing in terms:
-                args += [value, token if node in missing else 0]
-            answers = (await self._presence_call(node, EXTEND, keys, args))[0]
+            reply = await self._presence_call(
+                node, EXTEND, [keys], [*head, value_args, *repairs.get(node, ())]
+            )
+            answers: list[int] = reply[0]
             # Recorded even after the renewal is decided: the slowest node
             # is the one most likely to lack keys.
-            seen[node] = [int(a) for a in answers]
-            return seen[node]
+            current.answers[node] = answers
+            return answers
+
+        def all_extended(answers: object) -> bool:
+            return isinstance(answers, list) and answers.count(1) == count
 
         # Unlike an acquire, an extension counts whenever it is answered: its
         # deadline runs from the send time. So a large batch may take up to the
         # renewal interval, not just the per-node timeout.
         def every_key_decided(results: Sequence[object]) -> bool:
             """Each key extended by a quorum or refused by a majority already."""
-            answered = [r for r in results if isinstance(r, list)]
-            for index in range(len(holding)):
-                extended = sum(1 for r in answered if r[index] == 1)
-                refused = len(answered) - extended
-                if extended < self.quorum and refused <= len(results) - self.quorum:
-                    return False
+            if sum(1 for r in results if all_extended(r)) < self.quorum:
+                answered = [r for r in results if isinstance(r, list)]
+                for index in range(count):
+                    extended = sum(1 for r in answered if r[index] == 1)
+                    refused = len(answered) - extended
+                    if extended < self.quorum and refused <= len(results) - self.quorum:
+                        return False
             # Our presence too: refreshed on a quorum, or it cannot be.
             return not present or quorum_decided(results)
 
@@ -466,21 +570,24 @@ class RedisFactory(BaseFactory[RedisElection]):
             enough=every_key_decided,
             limit=self.renew_interval / 2,
         )
-        answered = [r for r in results if not isinstance(r, NodeFailure)]
+        answered: list[list[int]] = [r for r in results if not isinstance(r, NodeFailure)]
         if not answered or (not holding and len(answered) < self.quorum):
             # Nothing renewed: no key, and our presence not on a quorum.
             raise unavailable("cannot extend", results, self.quorum)
         refused, unconfirmed = set(), set()
-        for index, election in enumerate(holding):
-            # Only a node that still had the key extends the term; one that
-            # got it back only now says nothing about the time in between.
-            extended = sum(1 for r in answered if r[index] == 1)
-            if extended >= self.quorum:
-                election._confirmed_by = (seen, index)
-            elif len(answered) - extended >= self.quorum:
-                refused.add(election)  # a majority says the lock is not ours
-            else:
-                unconfirmed.add(election)
+        if sum(1 for r in answered if all_extended(r)) < self.quorum:
+            for index, election in enumerate(holding):
+                # Only a node that still had the key extends the term; one that
+                # got it back only now says nothing about the time in between.
+                extended = sum(1 for r in answered if r[index] == 1)
+                if extended >= self.quorum:
+                    continue
+                if len(answered) - extended >= self.quorum:
+                    refused.add(election)  # a majority says the lock is not ours
+                else:
+                    unconfirmed.add(election)
+        current.unconfirmed = refused | unconfirmed
+        self._last_renewal = current
         refused.update(e for e in held if e._value is None)
         return Renewal(refused=frozenset(refused), unconfirmed=frozenset(unconfirmed))
 
@@ -510,7 +617,7 @@ class RedisFactory(BaseFactory[RedisElection]):
         self.nursery.start_soon(self._watch_members)
 
     async def _presence_call(
-        self, node: RedisNode, script: str, keys: list[str], args: list[str | int]
+        self, node: RedisNode, script: str, keys: list[Arg], args: list[Arg]
     ) -> Any:
         """Run a join or renewal (``JOIN``, ``EXTEND``) on ``node``; note the
         members it lists."""
@@ -617,19 +724,17 @@ class RedisFactory(BaseFactory[RedisElection]):
         """Compare-and-delete every key in a few script calls per node (a
         batch of :data:`RELEASE_BATCH`), all nodes at once."""
         releasing = [(e, e._value) for e in elections if e._value is not None]
-        args: list[str | int] = []
-        for election, value in releasing:
-            args += [value or "", election.resource_id]
+        calls = [
+            self._encode_releases(
+                [(e, v or "", True) for e, v in releasing[start : start + RELEASE_BATCH]]
+            )
+            for start in range(0, len(releasing), RELEASE_BATCH)
+        ]
 
         async def release(node: RedisNode) -> int:
             released = 0
-            for start in range(0, len(releasing), RELEASE_BATCH):
-                batch = releasing[start : start + RELEASE_BATCH]
-                released += await node.run(
-                    RELEASE_MANY,
-                    [e.key for e, _ in batch],
-                    [self.channel, *args[2 * start : 2 * (start + len(batch))]],
-                )
+            for keys, args in calls:
+                released += sum(await node.run(RELEASE_MANY, keys, args))
             return released
 
         results = await fan_out(self.nodes, release, nursery=self.nursery, limit=self.close_timeout)

@@ -9,6 +9,14 @@ and refreshes the factory's presence in the prefix's members set in the
 same call (:data:`JOIN`, :data:`LEAVE` and :data:`MEMBERS` handle the rest).
 Each call goes to every node at once, each bounded by a small per-node
 timeout; the caller counts answers against the quorum.
+
+Campaigns of different resources that start together share their calls: a
+:class:`Batcher` coalesces the acquire (or release) rounds submitted in the
+same moment into ONE script call per node (:data:`ACQUIRE_MANY`,
+:data:`RELEASE_MANY`; at most :data:`MAX_BATCH` keys a call), and still
+answers each round on its own: its own per-node results, decided as soon as
+a quorum granted (or can no longer) for that key, and the time the call was
+sent, from which the round's validity window runs.
 """
 
 from __future__ import annotations
@@ -16,39 +24,56 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
 from ...errors import MechanismUnavailableError
 from .. import host_port
-from ._resp import RedisClient, RedisError
+from ._resp import Arg, RedisClient, RedisError
 
 __all__ = [
-    "ACQUIRE",
+    "ACQUIRE_MANY",
     "EXTEND",
     "FENCE",
     "JOIN",
     "LEAVE",
+    "MAX_BATCH",
     "MEMBERS",
-    "RELEASE",
     "RELEASE_MANY",
-    "UNDO",
+    "Batcher",
     "NodeFailure",
     "RedisNode",
     "fan_out",
 ]
 
+#: Keys per batched script call: 10,000 keys take a few calls, and no call
+#: blocks a node for long (a few ms).
+MAX_BATCH = 500
+
 T = TypeVar("T")
 
-#: SET NX PX; on success bump the resource's fencing counter and return it.
-ACQUIRE = """
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local token = redis.call('incr', KEYS[2])
-  redis.call('publish', ARGV[3], 'acquired:' .. ARGV[4])
-  return token
+#: SET NX PX for many keys, each its own Redlock round on this node: where
+#: it is set, bump the resource's fencing counter and answer it, else -1.
+#: KEYS: the n locks, then their n counters. ARGV: the ttl in ms, the
+#: prefix's channel, then per key its value and resource. One notice for
+#: every key set: ``acquired:`` and the resources, one per line (a resource
+#: id has no control character).
+ACQUIRE_MANY = """
+local n = #KEYS / 2
+local answers, acquired = {}, {}
+for i = 1, n do
+  if redis.call('set', KEYS[i], ARGV[2 * i + 1], 'NX', 'PX', ARGV[1]) then
+    answers[i] = redis.call('incr', KEYS[n + i])
+    acquired[#acquired + 1] = ARGV[2 * i + 2]
+  else
+    answers[i] = -1
+  end
 end
-return -1
+if #acquired > 0 then
+  redis.call('publish', ARGV[2], 'acquired:' .. table.concat(acquired, '\\n'))
+end
+return answers
 """
 
 #: Raise the fencing counter to the term's token while we hold the lock.
@@ -90,35 +115,40 @@ if redis.replicate_commands then redis.replicate_commands() end
 #: Batched compare-and-pexpire, one call per node per tick for every key held,
 #: and the factory's presence with them. KEYS: the members set, the n lock
 #: keys, then their n fencing counters. ARGV: the ttl in ms, our instance id
-#: ('' while we are no member: no presence), the prefix's channel, then per
-#: key its value and a repair token: where that is not 0 and the key is
-#: missing (expired while this node was cut off, or lost in a restart), the
-#: key is set again and the counter raised to the token, so a restarted node
-#: cannot hand out a lower one later. Answers: per key 1 extended, 2 set
-#: again, 0 held by another value, -1 missing; then what :data:`JOIN` returns
-#: (empty while no member).
+#: ('' while we are no member: no presence), the prefix's channel, the n
+#: values, then repairs as (key number, token) pairs, usually none: where
+#: such a key is missing (expired while this node was cut off, or lost in a
+#: restart), it is set again and the counter raised to the token, so a
+#: restarted node cannot hand out a lower one later. The values and keys are
+#: the same for every node (encoded once); only the repairs differ. Answers:
+#: per key 1 extended, 2 set again, 0 held by another value, -1 missing;
+#: then what :data:`JOIN` returns (empty while no member).
 EXTEND = (
     _PRESENCE
     + """
 local n = (#KEYS - 1) / 2
 local answers = {}
 for i = 1, n do
-  local key, counter = KEYS[1 + i], KEYS[1 + n + i]
-  local value, token = ARGV[2 * i + 2], ARGV[2 * i + 3]
+  local key = KEYS[1 + i]
   local current = redis.call('get', key)
-  if current == value then
+  if current == ARGV[3 + i] then
     redis.call('pexpire', key, ARGV[1])
     answers[i] = 1
   elseif current then
     answers[i] = 0
-  elseif token ~= '0' then
-    redis.call('set', key, value, 'PX', ARGV[1])
+  else
+    answers[i] = -1
+  end
+end
+for j = 4 + n, #ARGV - 1, 2 do
+  local i, token = tonumber(ARGV[j]), ARGV[j + 1]
+  if answers[i] == -1 then
+    redis.call('set', KEYS[1 + i], ARGV[3 + i], 'PX', ARGV[1])
+    local counter = KEYS[1 + n + i]
     if tonumber(redis.call('get', counter) or '0') < tonumber(token) then
       redis.call('set', counter, token)
     end
     answers[i] = 2
-  else
-    answers[i] = -1
   end
 end
 local listed = {}
@@ -155,38 +185,30 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('zrangebyscore', KEYS[1], now + 1, '+inf')
 """
 
-#: Compare-and-delete, then wake the candidates waiting for this resource.
-RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  redis.call('del', KEYS[1])
-  redis.call('publish', ARGV[2], 'released:' .. ARGV[3])
-  return 1
-end
-return 0
-"""
-
-#: RELEASE for many keys at once (a closing factory): KEYS the locks, ARGV the
-#: channel, then each key's value and resource.
+#: Compare-and-delete for many keys: resign, close, withdrawn campaigns and
+#: the undo of lost acquire rounds. KEYS: the locks. ARGV: the channel, then
+#: per key its value and its resource, or '' for no notice (an undo: a notice
+#: would wake every other waiter into a round of its own, whose undo would
+#: wake the others again: rounds back to back for as long as a node is free).
+#: Answers per key 1 deleted, 0 not ours (or gone). One notice for all that
+#: were deleted: ``released:`` and the resources, one per line.
 RELEASE_MANY = """
-local released = 0
+local answers, released = {}, {}
 for i, key in ipairs(KEYS) do
   if redis.call('get', key) == ARGV[2 * i] then
     redis.call('del', key)
-    redis.call('publish', ARGV[1], 'released:' .. ARGV[2 * i + 1])
-    released = released + 1
+    answers[i] = 1
+    if ARGV[2 * i + 1] ~= '' then
+      released[#released + 1] = ARGV[2 * i + 1]
+    end
+  else
+    answers[i] = 0
   end
 end
-return released
-"""
-
-#: Compare-and-delete without a notice: undoes a lost acquire round. A notice
-#: would wake every other waiter into a round of its own, whose undo would
-#: wake the others again: rounds back to back for as long as a node is free.
-UNDO = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
+if #released > 0 then
+  redis.call('publish', ARGV[1], 'released:' .. table.concat(released, '\\n'))
 end
-return 0
+return answers
 """
 
 
@@ -223,7 +245,7 @@ class RedisNode:
             connect_timeout=timeout,
         )
 
-    async def run(self, script: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def run(self, script: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """``EVALSHA`` (``EVAL`` where the node lacks the script)."""
         return await self.client.run_script(script, keys, args)
 
@@ -279,3 +301,161 @@ def unavailable(what: str, results: Sequence[object], quorum: int) -> MechanismU
         f"redis: {what}: {len(results) - len(failed)} of {len(results)} nodes answered, "
         f"a quorum is {quorum}; unreachable: {named}"
     )
+
+
+ItemT = TypeVar("ItemT")
+
+
+class Submission(Generic[ItemT]):
+    """One resource's round in a :class:`Batcher`: what it asked for and,
+    once decided, each node's answer for its key."""
+
+    __slots__ = ("answers", "done", "item", "results", "round", "sent", "sent_at")
+
+    def __init__(self, item: ItemT, nodes: int, round_: _Round[ItemT]) -> None:
+        self.item = item
+        self.round: _Round[ItemT] | None = round_
+        #: Per node: its answer for this key, or a NodeFailure, as they come.
+        self.answers: list[object] = [_NO_ANSWER] * nodes
+        #: The answers when the round was decided (pending nodes: failures).
+        self.results: list[object] = []
+        self.done = trio.Event()
+        #: Part of a call that went out: withdrawing it now changes nothing.
+        self.sent = False
+        #: When its call was sent: the round's validity window starts here.
+        self.sent_at = 0.0
+
+
+_NO_ANSWER = NodeFailure("", "no answer yet")
+
+
+class _Round(Generic[ItemT]):
+    """The submissions of one call per node; sealed (encoded, timed) by the
+    first of its node tasks to run."""
+
+    __slots__ = ("args", "keys", "sealed", "submissions", "undecided")
+
+    def __init__(self) -> None:
+        self.submissions: list[Submission[ItemT]] = []
+        self.sealed = False
+        self.keys: list[Arg] = []
+        self.args: list[Arg] = []
+        self.undecided = 0
+
+
+class Batcher(Generic[ItemT]):
+    """Coalesces the rounds of one script submitted together (in the same
+    scheduler pass: campaigns started at once, the undo of rounds lost
+    together) into one call per node of at most :data:`MAX_BATCH` keys.
+
+    ``encode(items)`` gives a call's keys and arguments; its answer is a list
+    with one entry per item. Each submission is decided on its own, as soon
+    as ``success`` held on a quorum of nodes for its key or can no longer;
+    the stragglers' answers are still recorded, until their own timeout, in
+    the factory's nursery (a late call is never cut off). A node's timeout
+    grows with the calls of this batcher already queued on it, as a big
+    burst is answered one call after another.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[RedisNode],
+        script: str,
+        encode: Callable[[list[ItemT]], tuple[list[Arg], list[Arg]]],
+        *,
+        quorum: int,
+        success: Callable[[object], bool],
+        nursery: Callable[[], trio.Nursery],
+    ) -> None:
+        self._nodes = list(nodes)
+        self._script = script
+        self._encode = encode
+        self._quorum = quorum
+        self._success = success
+        self._nursery = nursery
+        self._open: _Round[ItemT] | None = None
+        #: Calls of this batcher sent and not answered (or failed) yet.
+        self._in_flight = 0
+
+    def add(self, item: ItemT) -> Submission[ItemT]:
+        """Queue ``item``'s round, to go with whatever else is added now
+        (the call goes out at the next scheduler pass); await :meth:`decided`."""
+        round_ = self._open
+        if round_ is None or len(round_.submissions) >= MAX_BATCH:
+            round_ = self._open = _Round()
+            nursery = self._nursery()
+            for index, node in enumerate(self._nodes):
+                nursery.start_soon(self._call, round_, index, node)
+        submission = Submission(item, len(self._nodes), round_)
+        round_.submissions.append(submission)
+        return submission
+
+    async def decided(self, submission: Submission[ItemT]) -> list[object]:
+        """Wait until ``submission``'s round is decided; its results per node.
+        Cancelled before its call went out, it is withdrawn (``sent`` stays
+        False: nothing reached any node)."""
+        try:
+            await submission.done.wait()
+        except BaseException:
+            round_ = submission.round
+            if round_ is not None and not round_.sealed:
+                round_.submissions.remove(submission)
+            raise
+        return submission.results
+
+    def _seal(self, round_: _Round[ItemT]) -> None:
+        """Close the round to new submissions, encode it, start its window."""
+        round_.sealed = True
+        if self._open is round_:
+            self._open = None
+        submissions = round_.submissions
+        round_.undecided = len(submissions)
+        if submissions:
+            round_.keys, round_.args = self._encode([s.item for s in submissions])
+        sent_at = trio.current_time()  # before any node was written to
+        for submission in submissions:
+            submission.sent, submission.sent_at = True, sent_at
+
+    def _decided(self, results: list[object]) -> bool:
+        succeeded = failed = 0
+        for result in results:
+            if result is _NO_ANSWER:
+                continue
+            if not isinstance(result, NodeFailure) and self._success(result):
+                succeeded += 1
+            else:
+                failed += 1
+        return succeeded >= self._quorum or failed > len(results) - self._quorum
+
+    async def _call(self, round_: _Round[ItemT], index: int, node: RedisNode) -> None:
+        if not round_.sealed:
+            self._seal(round_)
+        submissions = round_.submissions
+        if not submissions:
+            return  # every submitter withdrew
+        # Calls of this batcher queued on the node before this one.
+        bound = node.timeout * (1 + self._in_flight // len(self._nodes))
+        reply: object
+        self._in_flight += 1
+        try:
+            with trio.move_on_after(bound) as bounded:
+                try:
+                    reply = await node.run(self._script, round_.keys, round_.args)
+                except (RedisError, OSError) as exc:
+                    reply = NodeFailure(node.name, f"{type(exc).__name__}: {exc}")
+            if bounded.cancelled_caught:
+                reply = NodeFailure(node.name, f"no answer within {bound:g} s")
+        finally:
+            self._in_flight -= 1
+        if not isinstance(reply, NodeFailure) and not (
+            isinstance(reply, list) and len(reply) == len(submissions)
+        ):
+            reply = NodeFailure(node.name, f"unexpected answer {reply!r:.80}")
+        failed = reply if isinstance(reply, NodeFailure) else None
+        for position, submission in enumerate(submissions):
+            answers = submission.answers
+            answers[index] = reply[position] if failed is None else failed  # type: ignore[index]
+            if not submission.done.is_set() and self._decided(answers):
+                submission.results = list(answers)
+                submission.round = None
+                submission.done.set()
