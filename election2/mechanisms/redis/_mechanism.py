@@ -61,8 +61,8 @@ import re
 import secrets
 import string
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
@@ -144,22 +144,41 @@ def check_members_key(key_template: str, prefix: str, members_key: str) -> None:
 
 
 class _Signals:
-    """Per-resource events set by the factory's pub/sub listeners, kept
-    while a campaign or an observer of the resource uses them."""
+    """Per-resource notices seen by the factory's pub/sub listeners, kept
+    while a campaign or an observer of the resource uses them: counters
+    (cheap to take a look at) and events made only when someone waits."""
 
-    __slots__ = ("changed", "released", "users")
+    __slots__ = ("_changed", "_released", "changes", "releases", "users")
 
     def __init__(self) -> None:
-        self.released = trio.Event()
-        self.changed = trio.Event()
-        self.users = 0
+        self.releases = self.changes = self.users = 0
+        self._released: trio.Event | None = None
+        self._changed: trio.Event | None = None
 
     def fire(self, kind: str) -> None:
         if kind == "released":
-            self.released.set()
-            self.released = trio.Event()
-        self.changed.set()
-        self.changed = trio.Event()
+            self.releases += 1
+            if self._released is not None:
+                self._released.set()
+                self._released = None
+        self.changes += 1
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def released_since(self, releases: int) -> None:
+        """Return once a release was seen after ``releases`` were."""
+        while self.releases == releases:
+            if self._released is None:
+                self._released = trio.Event()
+            await self._released.wait()
+
+    async def changed_since(self, changes: int) -> None:
+        """Return once a change was seen after ``changes`` were."""
+        while self.changes == changes:
+            if self._changed is None:
+                self._changed = trio.Event()
+            await self._changed.wait()
 
 
 class RedisElection(BaseElection["RedisFactory"]):
@@ -176,14 +195,18 @@ class RedisElection(BaseElection["RedisFactory"]):
         self._value: str | None = None
 
     async def _campaign(self) -> tuple[int, float]:
-        with self._factory._signals(self.resource_id) as signals:
+        factory = self._factory
+        signals = factory._use_signals(self.resource_id)
+        try:
             return await self._campaign_with(signals)
+        finally:
+            factory._drop_signals(self.resource_id, signals)
 
     async def _campaign_with(self, signals: _Signals) -> tuple[int, float]:
         factory = self._factory
         unreachable_rounds = lost_rounds = 0
         while True:
-            released = signals.released
+            releases = signals.releases
             try:
                 won = await self._try_acquire()
             except MechanismUnavailableError:
@@ -207,7 +230,7 @@ class RedisElection(BaseElection["RedisFactory"]):
             # Wait for a release notice, after which the backoff starts over;
             # the jittered delay also covers a missed notice.
             with trio.move_on_after(delay * random.uniform(0.5, 1.5)):
-                await released.wait()
+                await signals.released_since(releases)
                 lost_rounds = 0
 
     async def _try_acquire(self) -> tuple[int, float] | None:
@@ -298,9 +321,10 @@ class RedisElection(BaseElection["RedisFactory"]):
 
     async def _follow_leader(self) -> AsyncGenerator[str | None]:
         factory = self._factory
-        with factory._signals(self.resource_id) as signals:
+        signals = factory._use_signals(self.resource_id)
+        try:
             while True:
-                changed = signals.changed
+                changes = signals.changes
                 try:
                     current = await self._read_leader()
                 except MechanismUnavailableError:
@@ -308,7 +332,9 @@ class RedisElection(BaseElection["RedisFactory"]):
                 else:
                     yield current
                 with trio.move_on_after(factory.poll_interval):
-                    await changed.wait()
+                    await signals.changed_since(changes)
+        finally:
+            factory._drop_signals(self.resource_id, signals)
 
 
 class _RenewalRound:
@@ -439,6 +465,14 @@ class RedisFactory(BaseFactory[RedisElection]):
     def _create_election(self, resource_id: str) -> RedisElection:
         return RedisElection(self, resource_id)
 
+    async def _join(self) -> None:
+        # Joined already: no need to queue on the join lock (campaigns
+        # started together would pass it one per scheduler pass, and reach
+        # the batchers one by one instead of together).
+        if self._joined and not self._closed:
+            return
+        await super()._join()
+
     def _encode_acquires(
         self, items: list[tuple[RedisElection, str]]
     ) -> tuple[list[Arg], list[Arg]]:
@@ -456,19 +490,18 @@ class RedisFactory(BaseFactory[RedisElection]):
             args += (value, election.resource_id if notice else "")
         return [bulk_strings([e.key for e, _, _ in items])], [self.channel, bulk_strings(args)]
 
-    @contextmanager
-    def _signals(self, resource_id: str) -> Iterator[_Signals]:
-        """The resource's notices, for as long as the block uses them."""
+    def _use_signals(self, resource_id: str) -> _Signals:
+        """The resource's notices, kept until :meth:`_drop_signals`."""
         signals = self._resource_signals.get(resource_id)
         if signals is None:
             signals = self._resource_signals[resource_id] = _Signals()
         signals.users += 1
-        try:
-            yield signals
-        finally:
-            signals.users -= 1
-            if signals.users == 0 and self._resource_signals.get(resource_id) is signals:
-                del self._resource_signals[resource_id]
+        return signals
+
+    def _drop_signals(self, resource_id: str, signals: _Signals) -> None:
+        signals.users -= 1
+        if signals.users == 0 and self._resource_signals.get(resource_id) is signals:
+            del self._resource_signals[resource_id]
 
     async def _open(self) -> None:
         async def ping(node: RedisNode) -> object:

@@ -22,6 +22,7 @@ sent, from which the round's validity window runs.
 from __future__ import annotations
 
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -38,6 +39,7 @@ __all__ = [
     "FENCE",
     "JOIN",
     "LEAVE",
+    "LINGER_PASSES",
     "MAX_BATCH",
     "MEMBERS",
     "RELEASE_MANY",
@@ -46,6 +48,10 @@ __all__ = [
     "RedisNode",
     "fan_out",
 ]
+
+#: How many scheduler passes a batched round waits for more submissions
+#: while other tasks are runnable (none: it goes at once).
+LINGER_PASSES = 16
 
 #: Keys per batched script call: 10,000 keys take a few calls, and no call
 #: blocks a node for long (a few ms).
@@ -330,8 +336,8 @@ _NO_ANSWER = NodeFailure("", "no answer yet")
 
 
 class _Round(Generic[ItemT]):
-    """The submissions of one call per node; sealed (encoded, timed) by the
-    first of its node tasks to run."""
+    """The submissions of one call per node; sealed (encoded, timed) when it
+    is sent."""
 
     __slots__ = ("args", "keys", "sealed", "submissions", "undecided")
 
@@ -340,21 +346,22 @@ class _Round(Generic[ItemT]):
         self.sealed = False
         self.keys: list[Arg] = []
         self.args: list[Arg] = []
+        #: Submissions not decided yet; the next round starts at 0.
         self.undecided = 0
 
 
 class Batcher(Generic[ItemT]):
-    """Coalesces the rounds of one script submitted together (in the same
-    scheduler pass: campaigns started at once, the undo of rounds lost
-    together) into one call per node of at most :data:`MAX_BATCH` keys.
+    """Coalesces the rounds of one script into one call per node of at most
+    :data:`MAX_BATCH` keys (group commit): a round submitted while none is
+    in flight goes out at the next scheduler pass, with whatever else was
+    submitted meanwhile; one submitted while a round is in flight waits
+    for that round to be decided, and goes with all that waited.
 
     ``encode(items)`` gives a call's keys and arguments; its answer is a list
     with one entry per item. Each submission is decided on its own, as soon
     as ``success`` held on a quorum of nodes for its key or can no longer;
     the stragglers' answers are still recorded, until their own timeout, in
-    the factory's nursery (a late call is never cut off). A node's timeout
-    grows with the calls of this batcher already queued on it, as a big
-    burst is answered one call after another.
+    the factory's nursery (a late call is never cut off).
     """
 
     def __init__(
@@ -373,21 +380,21 @@ class Batcher(Generic[ItemT]):
         self._quorum = quorum
         self._success = success
         self._nursery = nursery
-        self._open: _Round[ItemT] | None = None
-        #: Calls of this batcher sent and not answered (or failed) yet.
-        self._in_flight = 0
+        #: Rounds not sent yet; the first one is started (or next to be).
+        self._waiting: deque[_Round[ItemT]] = deque()
+        #: A round is started and not decided yet.
+        self._busy = False
 
     def add(self, item: ItemT) -> Submission[ItemT]:
-        """Queue ``item``'s round, to go with whatever else is added now
-        (the call goes out at the next scheduler pass); await :meth:`decided`."""
-        round_ = self._open
-        if round_ is None or len(round_.submissions) >= MAX_BATCH:
-            round_ = self._open = _Round()
-            nursery = self._nursery()
-            for index, node in enumerate(self._nodes):
-                nursery.start_soon(self._call, round_, index, node)
+        """Queue ``item``'s round; await :meth:`decided`."""
+        waiting = self._waiting
+        if not waiting or len(waiting[-1].submissions) >= MAX_BATCH:
+            waiting.append(_Round())
+        round_ = waiting[-1]
         submission = Submission(item, len(self._nodes), round_)
         round_.submissions.append(submission)
+        if not self._busy:
+            self._start()
         return submission
 
     async def decided(self, submission: Submission[ItemT]) -> list[object]:
@@ -403,15 +410,46 @@ class Batcher(Generic[ItemT]):
             raise
         return submission.results
 
+    def _start(self) -> None:
+        """Start the first waiting round (it goes out at the next pass or soon after)."""
+        self._busy = True
+        self._nursery().start_soon(self._send, self._waiting[0])
+
+    async def _send(self, round_: _Round[ItemT]) -> None:
+        # Other tasks are on their way (campaigns started together pass a
+        # few checkpoints before they submit): let them join this round, for
+        # a few scheduler passes at most. Alone, the round goes at once.
+        for _ in range(LINGER_PASSES):
+            if (
+                len(round_.submissions) >= MAX_BATCH
+                or not trio.lowlevel.current_statistics().tasks_runnable
+            ):
+                break
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        self._seal(round_)
+        if not round_.submissions:
+            return
+        nursery = self._nursery()
+        for index, node in enumerate(self._nodes[1:], 1):
+            nursery.start_soon(self._call, round_, index, node)
+        await self._call(round_, 0, self._nodes[0])
+
+    def _finished(self) -> None:
+        """The round in flight is decided: start the next one, if any."""
+        self._busy = False
+        if self._waiting:
+            self._start()
+
     def _seal(self, round_: _Round[ItemT]) -> None:
         """Close the round to new submissions, encode it, start its window."""
         round_.sealed = True
-        if self._open is round_:
-            self._open = None
+        self._waiting.popleft()  # the started round is the first one
         submissions = round_.submissions
         round_.undecided = len(submissions)
-        if submissions:
-            round_.keys, round_.args = self._encode([s.item for s in submissions])
+        if not submissions:
+            self._finished()  # every submitter withdrew
+            return
+        round_.keys, round_.args = self._encode([s.item for s in submissions])
         sent_at = trio.current_time()  # before any node was written to
         for submission in submissions:
             submission.sent, submission.sent_at = True, sent_at
@@ -428,30 +466,21 @@ class Batcher(Generic[ItemT]):
         return succeeded >= self._quorum or failed > len(results) - self._quorum
 
     async def _call(self, round_: _Round[ItemT], index: int, node: RedisNode) -> None:
-        if not round_.sealed:
-            self._seal(round_)
         submissions = round_.submissions
-        if not submissions:
-            return  # every submitter withdrew
-        # Calls of this batcher queued on the node before this one.
-        bound = node.timeout * (1 + self._in_flight // len(self._nodes))
         reply: object
-        self._in_flight += 1
-        try:
-            with trio.move_on_after(bound) as bounded:
-                try:
-                    reply = await node.run(self._script, round_.keys, round_.args)
-                except (RedisError, OSError) as exc:
-                    reply = NodeFailure(node.name, f"{type(exc).__name__}: {exc}")
-            if bounded.cancelled_caught:
-                reply = NodeFailure(node.name, f"no answer within {bound:g} s")
-        finally:
-            self._in_flight -= 1
+        with trio.move_on_after(node.timeout) as bounded:
+            try:
+                reply = await node.run(self._script, round_.keys, round_.args)
+            except (RedisError, OSError) as exc:
+                reply = NodeFailure(node.name, f"{type(exc).__name__}: {exc}")
+        if bounded.cancelled_caught:
+            reply = NodeFailure(node.name, f"no answer within {node.timeout:g} s")
         if not isinstance(reply, NodeFailure) and not (
             isinstance(reply, list) and len(reply) == len(submissions)
         ):
             reply = NodeFailure(node.name, f"unexpected answer {reply!r:.80}")
         failed = reply if isinstance(reply, NodeFailure) else None
+        was_undecided = round_.undecided
         for position, submission in enumerate(submissions):
             answers = submission.answers
             answers[index] = reply[position] if failed is None else failed  # type: ignore[index]
@@ -459,3 +488,6 @@ class Batcher(Generic[ItemT]):
                 submission.results = list(answers)
                 submission.round = None
                 submission.done.set()
+                round_.undecided -= 1
+        if was_undecided and not round_.undecided:
+            self._finished()
