@@ -15,6 +15,14 @@ Fencing tokens come from a per-resource counter bumped on each node that
 granted the lock and raised to the term's token on a quorum (and on every
 node where a renewal sets the key again).
 
+Campaigns that run together share their calls: acquire rounds submitted
+while another is in flight go out together as one script call per node (and
+so do deletions: resigns, withdrawn campaigns, undos), see
+:class:`~._redlock.Batcher`; each round is still counted per key against the
+quorum, and its validity window runs from the moment its call was sent. A
+renewal encodes its keys and values once for every node and reuses them
+while the held terms do not change.
+
 Membership. A factory's presence is an entry in the prefix's sorted set
 ``<prefix>//members`` on every node: member = instance id, score = expiry in
 ms on that node's clock (its ``TIME``, read inside the script; the same clock
