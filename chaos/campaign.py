@@ -465,6 +465,8 @@ class Campaign:
 
     async def run(self) -> CampaignResult:
         leftover: list[str] = []
+        # Children that were there before (a test session's own servers) are not ours.
+        before = set(children_of(os.getpid()))
         try:
             async with AsyncExitStack() as stack:
                 stack.callback(self.cluster.stop)
@@ -498,7 +500,7 @@ class Campaign:
         for server in self.cluster.servers:
             if server.process is not None and server.process.poll() is None:
                 leftover.append(server.name)
-        leftover += children_of(os.getpid())
+        leftover += [child for child in children_of(os.getpid()) if child not in before]
         return self._result(result, leftover)
 
     async def _campaign(self) -> tuple[int, int, bool, list[Fault]]:

@@ -639,6 +639,10 @@ class BaseFactory(ABC, Generic[ElectionT]):
     async def _join(self) -> None:
         if self._closed:
             raise ElectionClosedError(f"factory {self._instance_id!r} is closed")
+        if self._joined:
+            # Not through the lock: campaigns started together would pass it
+            # one per scheduler pass and reach a batching mechanism one by one.
+            return
         async with self._join_lock:
             if not self._joined:
                 with public_errors(f"joining as {self._instance_id!r}"):
@@ -769,12 +773,14 @@ class BaseFactory(ABC, Generic[ElectionT]):
         delay = self.renew_interval
         while True:
             await trio.sleep(delay)
-            for election in list(self._elections.values()):
-                if election._mastership.granted and not election._mastership.held:
-                    # Its scopes ended at the deadline already; now say so.
-                    election._lost("backend unreachable past the local deadline")
-            held = [e for e in self._elections.values() if e._mastership.granted]
             renewal_sent = trio.current_time()
+            held = [e for e in self._elections.values() if e._mastership.granted]
+            if any(e._mastership.deadline <= renewal_sent for e in held):
+                for election in held:
+                    if election._mastership.deadline <= renewal_sent:
+                        # Its scopes ended at the deadline already; now say so.
+                        election._lost("backend unreachable past the local deadline")
+                held = [e for e in held if e._mastership.granted]
             try:
                 # A renewal slower than the interval is as good as lost.
                 with trio.fail_after(self.renew_interval), public_errors("renewal"):

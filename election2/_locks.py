@@ -27,14 +27,22 @@ class LockTable:
     @asynccontextmanager
     async def hold(self, key: Hashable) -> AsyncIterator[None]:
         """Hold ``key``'s lock for the block (FIFO among waiters; the wait is
-        cancellable like :class:`trio.Lock`'s)."""
+        cancellable like :class:`trio.Lock`'s). Taking a free lock is no
+        checkpoint."""
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
+            # Free: taken without a trip through the scheduler (an
+            # acquire+release of an election takes two such locks).
             lock = trio.Lock()
+            lock.acquire_nowait()
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
+            if users:
+                await lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._locks[key]
             if users == 1:

@@ -308,4 +308,8 @@ class ShardedOwnership:
     ) -> None:
         event = OwnershipEvent(kind, resource_id, token, reason)
         for send in list(self._listeners):
-            send.send_nowait(event)
+            try:
+                send.send_nowait(event)
+            except trio.BrokenResourceError:
+                # Its block is ending while the ownership winds down too.
+                self._listeners.discard(send)

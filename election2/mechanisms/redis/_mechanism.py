@@ -473,14 +473,6 @@ class RedisFactory(BaseFactory[RedisElection]):
     def _create_election(self, resource_id: str) -> RedisElection:
         return RedisElection(self, resource_id)
 
-    async def _join(self) -> None:
-        # Joined already: no need to queue on the join lock (campaigns
-        # started together would pass it one per scheduler pass, and reach
-        # the batchers one by one instead of together).
-        if self._joined and not self._closed:
-            return
-        await super()._join()
-
     def _encode_acquires(
         self, items: list[tuple[RedisElection, str]]
     ) -> tuple[list[Arg], list[Arg]]:
