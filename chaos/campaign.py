@@ -381,18 +381,11 @@ class Nemesis:
             )  # fmt: skip
             await trio.sleep(rng.uniform(0.5, ttl))
         elif kind == "candidate-reset":
-            await self._hold(
-                kind, name, 0.0, each(lambda proxy: proxy.proxy.reset(), proxies),
-                lambda: None,
-            )  # fmt: skip
+            await self._reset(kind, name, proxies)
         else:
-            delay = rng.uniform(0.05, 0.5)
-            await self._hold(
-                kind, name, rng.uniform(0.5, 2 * ttl),
-                each(lambda proxy: proxy.delay(delay), proxies),
-                each(lambda proxy: proxy.undelay(delay), proxies),
-                detail=f"{delay * 1000:.0f} ms",
-            )  # fmt: skip
+            await self._delay(
+                kind, name, proxies, rng.uniform(0.05, 0.5), rng.uniform(0.5, 2 * ttl)
+            )
 
     async def _server_fault(self, rng: random.Random) -> None:
         ttl = self.campaign.ttl
@@ -428,18 +421,26 @@ class Nemesis:
                 each(Proxy.unblackhole, through),
             )  # fmt: skip
         elif kind == "node-reset":
-            await self._hold(
-                kind, target, 0.0, each(lambda proxy: proxy.proxy.reset(), through),
-                lambda: None,
-            )  # fmt: skip
+            await self._reset(kind, target, through)
         else:
-            delay = rng.uniform(0.02, 0.3)
-            await self._hold(
-                kind, target, rng.uniform(0.5, 2 * ttl),
-                each(lambda proxy: proxy.delay(delay), through),
-                each(lambda proxy: proxy.undelay(delay), through),
-                detail=f"{delay * 1000:.0f} ms",
-            )  # fmt: skip
+            await self._delay(
+                kind, target, through, rng.uniform(0.02, 0.3), rng.uniform(0.5, 2 * ttl)
+            )
+
+    async def _reset(self, kind: str, target: str, proxies: list[Proxy]) -> None:
+        """Reset every connection through ``proxies`` (a fault with no duration)."""
+        await self._hold(kind, target, 0.0, each(lambda p: p.proxy.reset(), proxies), lambda: None)
+
+    async def _delay(
+        self, kind: str, target: str, proxies: list[Proxy], delay: float, seconds: float
+    ) -> None:
+        """Add ``delay`` to everything through ``proxies`` for ``seconds``."""
+        await self._hold(
+            kind, target, seconds,
+            each(lambda proxy: proxy.delay(delay), proxies),
+            each(lambda proxy: proxy.undelay(delay), proxies),
+            detail=f"{delay * 1000:.0f} ms",
+        )  # fmt: skip
 
 
 # -- the campaign ------------------------------------------------------------------------
