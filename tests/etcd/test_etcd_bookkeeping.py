@@ -15,6 +15,7 @@ import election2
 from election2 import Election
 from election2.mechanisms.etcd import EtcdElection, EtcdFactory
 from election2.mechanisms.etcd._client import EtcdClient, b64
+from tests.close_checks import hold
 from tests.etcd.conftest import EtcdMember, log_requests
 from tests.faultproxy import FaultProxy, proxies
 
@@ -220,3 +221,23 @@ async def test_an_uncontended_campaign_is_one_round_trip(
             await trio.sleep(0.1)
             await ea.resign()
         assert eb.is_master and await ea.leader() == "b"
+
+
+async def test_a_renewal_is_two_requests_however_many_terms(
+    etcd_server: EtcdMember, prefix: str
+) -> None:
+    """The keepalive, and one read of the keys on the lease that verifies
+    every held term (not one compare per term, 126 to a transaction)."""
+    ttl = 3.0
+    async with election2.open_factory(
+        f"etcd://{etcd_server.endpoint}/{prefix}?ttl={ttl:g}", instance_id="a"
+    ) as factory:
+        elections = await hold(factory, 600)
+        made = log_requests(factory)
+        await trio.sleep(ttl / 3 * 2.5)
+        assert all(election.is_master for election in elections)
+    renewals = made.count("/v3/lease/keepalive")
+    print(f"{renewals} renewals of 600 terms: {made}")
+    assert renewals >= 2
+    assert made[-1] == "/v3/lease/revoke"  # the close
+    assert sorted(made[:-1]) == sorted(["/v3/lease/keepalive", "/v3/lease/timetolive"] * renewals)

@@ -248,6 +248,14 @@ class EtcdClient:
         answer = await self.call("/v3/lease/keepalive", {"ID": lease_id})
         return int(answer.get("result", answer).get("TTL", 0))
 
+    async def lease_keys(self, lease_id: int) -> frozenset[str] | None:
+        """The keys attached to the lease, base64 as the gateway sends them;
+        ``None`` if etcd no longer has the lease."""
+        answer = await self.call("/v3/lease/timetolive", {"ID": lease_id, "keys": True})
+        if int(answer.get("TTL", -1)) < 0:
+            return None
+        return frozenset(answer.get("keys", ()))
+
     async def lease_revoke(self, lease_id: int) -> None:
         try:
             await self.call("/v3/lease/revoke", {"ID": lease_id})

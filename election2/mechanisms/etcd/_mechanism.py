@@ -17,8 +17,8 @@ contain ``/``); a resource named ``member:x`` has its keys *below*
 ``<PREFIX>/member:x/``, which the members' read filters out. The keepalive that
 keeps the candidacies alive keeps the presence key alive: membership costs no
 writes at rest. The key goes when the lease is revoked (close) or expires
-(crash); a renewal verifies it by create revision like the candidacy keys and
-puts it again (on a new lease, if the old one was lost) at once.
+(crash); a renewal verifies it is still on the lease like the candidacy keys
+and puts it again (on a new lease, if the old one was lost) at once.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -70,6 +70,12 @@ class _Candidacy:
     #: 0 while the put is in flight (the key may or may not exist yet).
     create_revision: int
     lease_id: int
+    #: The key as the gateway spells it (base64), to find it among the
+    #: lease's keys at every renewal without decoding thousands of them.
+    encoded_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.encoded_key = b64(self.key)
 
     def deleted_by(self, revision: int) -> bool:
         """Whether a deletion at ``revision`` removed this candidacy's key
@@ -291,8 +297,8 @@ class EtcdFactory(BaseFactory[EtcdElection]):
     """One instance on etcd: a lease shared by its elections and one watch.
 
     The watch keeps a mirror of every key under the prefix; elections wait and
-    observe through it. Safety does not depend on it: each renewal verifies the
-    held keys by create revision, and checks the mirror against the server (a
+    observe through it. Safety does not depend on it: each renewal verifies that
+    the held keys are still attached to the lease, and checks the mirror against the server (a
     count of the keys, and of those changed since the watch's last event), so
     a watch whose connection went silent is re-established and re-synced
     within two renewal intervals of the first change it missed.
@@ -446,24 +452,54 @@ class EtcdFactory(BaseFactory[EtcdElection]):
         )
 
     async def _verify(self, held: list[EtcdElection], lease_id: int | None) -> set[EtcdElection]:
-        """The held terms whose key is gone or was put anew since the term
-        began (compared by create revision); checks our presence key on
-        ``lease_id`` the same way (marking it for a put if it is gone), and
-        the watch's mirror."""
-        checked: list[tuple[EtcdElection | _Presence, _Candidacy | _Presence]] = [
-            (election, candidacy)
-            for election in held
-            if (candidacy := election._candidacy) is not None and candidacy.create_revision
-        ]
-        presence = self._presence
-        if presence is not None and presence.create_revision and presence.lease_id == lease_id:
-            checked.append((presence, _Presence(presence.key, lease_id, presence.create_revision)))
+        """The held terms whose key is no longer attached to ``lease_id``
+        (deleted by anyone, or the lease is gone), from ONE read of the keys
+        on the lease, however many terms there are; marks our presence key
+        for a put if it is gone; and checks the watch's mirror while someone
+        relies on the watch.
+
+        Only this factory puts keys on its lease (the lease id is in every
+        key's name), so a key still attached is the one the term began with.
+        """
+        gone: set[EtcdElection] = set()
+
+        async def check_keys(lease_id: int) -> None:
+            attached = await self.client.lease_keys(lease_id)
+            for election in held:
+                candidacy = election._candidacy
+                if (
+                    candidacy is not None
+                    and candidacy.create_revision
+                    and (attached is None or candidacy.encoded_key not in attached)
+                ):
+                    gone.add(election)
+            presence = self._presence
+            if (
+                presence is not None
+                and presence.create_revision
+                and presence.lease_id == lease_id
+                and (attached is None or b64(presence.key) not in attached)
+            ):
+                presence.create_revision = 0
+
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                if lease_id is not None:
+                    nursery.start_soon(check_keys, lease_id)
+                if self._watchers:
+                    nursery.start_soon(self._check_mirror)
+        if not self._watchers:
+            self._lagging_at = None
+        return gone
+
+    async def _check_mirror(self) -> None:
+        """Is the watch's mirror complete? Same key count, and no key put
+        since the watch's last event. (etcd's count ignores revision filters,
+        hence a one-key read; it scans the prefix, so only when someone relies
+        on the watch: an observer or a waiting campaign.)"""
         watched, mirrored = self._watched_revision, self._mirrored
-        # Is the mirror complete? Same key count, and no key put since the
-        # watch's last event. (etcd's count ignores revision filters, hence a
-        # one-key read; it scans the prefix, so only when someone relies on the
-        # watch: an observer or a waiting campaign.)
-        counts = (
+        answer = await self.client.txn(
+            [],
             [
                 {"request_range": range_request(self.prefix + "/", count_only=True)},
                 {
@@ -471,50 +507,12 @@ class EtcdFactory(BaseFactory[EtcdElection]):
                         self.prefix + "/", keys_only=True, min_mod_revision=watched + 1, limit=1
                     )
                 },
-            ]
-            if self._watchers
-            else []
+            ],
+            [],
         )
-        gone: set[EtcdElection] = set()
-        for start in range(0, max(len(checked), 1), MAX_TXN_OPS - len(counts)):
-            chunk = checked[start : start + MAX_TXN_OPS - len(counts)]
-            extra = counts if start == 0 else []
-            # One round trip: the compares hold for all (the usual case), or
-            # the failure branch reads each key to tell which one broke.
-            answer = await self.client.txn(
-                [
-                    {
-                        "key": b64(c.key),
-                        "target": "CREATE",
-                        "create_revision": str(c.create_revision),
-                    }
-                    for _, c in chunk
-                ],
-                extra,
-                [{"request_range": {"key": b64(c.key), "keys_only": True}} for _, c in chunk]
-                + extra,
-            )
-            responses = answer.get("responses", [])
-            if not answer.get("succeeded"):
-                for (owner, record), response in zip(chunk, responses, strict=False):
-                    kvs = kvs_of(response)
-                    if kvs and kvs[0].create_revision == record.create_revision:
-                        continue
-                    if isinstance(owner, EtcdElection):
-                        gone.add(owner)
-                    elif (owner.lease_id, owner.create_revision) == (
-                        record.lease_id,
-                        record.create_revision,
-                    ):  # not put again meanwhile
-                        owner.create_revision = 0
-                responses = responses[len(chunk) :]
-            if extra:
-                total, newer = (response.get("response_range", {}) for response in responses)
-                behind = int(total.get("count", 0)) != mirrored or bool(newer.get("kvs"))
-                self._check_watch(watched, behind=behind)
-        if not counts:
-            self._lagging_at = None
-        return gone
+        total, newer = (response.get("response_range", {}) for response in answer["responses"])
+        behind = int(total.get("count", 0)) != mirrored or bool(newer.get("kvs"))
+        self._check_watch(watched, behind=behind)
 
     def _check_watch(self, watched: int, *, behind: bool) -> None:
         """Re-establish a watch that, for a whole renewal interval, has not
