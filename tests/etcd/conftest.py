@@ -18,6 +18,10 @@ from election2.mechanisms.etcd import EtcdFactory
 from election2.mechanisms.etcd._client import EtcdClient
 from tests.servers import ServerProcess, free_port, killed_after, require_binary, wait_until
 
+#: Our members' election timeout (heartbeats every 50 ms): a failover of the
+#: etcd leader itself takes about this long.
+ELECTION_TIMEOUT_MS = 500
+
 
 class EtcdMember(ServerProcess):
     def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int) -> None:
@@ -51,7 +55,7 @@ class EtcdMember(ServerProcess):
             "--initial-cluster-state", "new",
             "--initial-cluster-token", self.cluster_token,
             "--heartbeat-interval", "50",
-            "--election-timeout", "500",
+            "--election-timeout", str(ELECTION_TIMEOUT_MS),
             *self.extra_args,
         ]  # fmt: skip
         super().start()
