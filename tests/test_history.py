@@ -182,6 +182,19 @@ def test_paused_operation_starting_later_is_excused() -> None:
     assert [(e.kind, e.operation) for e in report.excusals] == [("overlap", refused)]
 
 
+def test_operation_started_on_resuming_past_the_deadline_is_excused() -> None:
+    # Resumed after a long pause, a worker starts one more operation under its
+    # old token, cancelled at its first checkpoint: no completed work.
+    newer = op("b", 2, 100, 200)
+    resumed = op("a", 1, 299, 300, deadline_ms=100, outcome="cancelled")
+    report = check_history(History(operations=[newer, resumed], pauses=[pause("a", 50, 300)]))
+    assert report.ok, report
+    assert sorted(e.kind for e in report.excusals) == ["after-deadline", "fencing-order"]
+    completed = op("a", 1, 299, 300, deadline_ms=100)
+    report = check_history(History(operations=[newer, completed], pauses=[pause("a", 50, 300)]))
+    assert sorted(v.kind for v in report.violations) == ["after-deadline", "fencing-order"]
+
+
 def test_paused_operation_that_completed_is_never_excused() -> None:
     stale, fresh = op("a", 1, 0, 300, deadline_ms=100), op("b", 2, 150, 200)
     report = check_history(History(operations=[stale, fresh], pauses=[pause("a", 50, 250)]))

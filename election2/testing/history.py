@@ -395,7 +395,7 @@ class Excusal:
     paused during it (``pause``) and its work did not complete (outcome not
     ``"ok"``): the pause gap that fencing closes."""
 
-    kind: Literal["overlap", "after-deadline"]
+    kind: Literal["overlap", "fencing-order", "after-deadline"]
     operation: OperationRecord
     pause: PauseRecord
 
@@ -453,8 +453,9 @@ def check_history(
       token is below that of an earlier term of the same instance.
 
     An operation whose instance was paused during it and whose outcome is not
-    ``"ok"`` is excused from ``overlap`` and ``after-deadline`` (listed in
-    ``report.excusals``); an ``"ok"`` operation never is. Each resource costs
+    ``"ok"`` is excused from ``overlap``, ``fencing-order`` and
+    ``after-deadline`` (listed in ``report.excusals``); an ``"ok"`` operation
+    never is. Each resource costs
     O(n log n).
     """
     report = CheckReport(terms=len(history.terms), operations=len(history.operations))
@@ -593,14 +594,19 @@ def _check_operations(
         excusing_pause = pauses.during(op) if op.outcome != "ok" else None
 
         if highest is not None and op.token < highest.token and op.outcome != "fenced":
-            report.violations.append(
-                Violation(
-                    "fencing-order",
-                    f"resource {op.resource_id!r}: {_describe(op)} used token {op.token} "
-                    f"after {_describe(highest)} ended",
-                    (highest, op),
+            if excusing_pause is not None:
+                # Resumed past its deadline, it started and was cancelled at
+                # its first checkpoint: a stale token, but no completed work.
+                report.excusals.append(Excusal("fencing-order", op, excusing_pause))
+            else:
+                report.violations.append(
+                    Violation(
+                        "fencing-order",
+                        f"resource {op.resource_id!r}: {_describe(op)} used token {op.token} "
+                        f"after {_describe(highest)} ended",
+                        (highest, op),
+                    )
                 )
-            )
 
         if op.end_ns > op.deadline_ns + tolerance_ns:
             if excusing_pause is not None:

@@ -514,21 +514,30 @@ class RedisFactory(BaseFactory[RedisElection]):
         )
         if len(failures(results)) > len(results) - self.quorum:
             raise unavailable("cannot open", results, self.quorum)
-        for node in self.nodes:
-            self.nursery.start_soon(self._listen, node)
+        # Not before the listeners subscribed (or failed to): an observer or
+        # a waiting campaign must not miss a notice sent right after opening.
+        first_tries = [trio.Event() for _ in self.nodes]
+        for node, tried in zip(self.nodes, first_tries, strict=True):
+            self.nursery.start_soon(self._listen, node, tried)
+        with trio.move_on_after(max(1.0, self.nodes[0].timeout)):
+            for tried in first_tries:
+                await tried.wait()
 
-    async def _listen(self, node: RedisNode) -> None:
-        """Follow the prefix's channel on one node; reconnect after failures."""
+    async def _listen(self, node: RedisNode, tried: trio.Event) -> None:
+        """Follow the prefix's channel on one node; reconnect after failures.
+        ``tried`` is set once subscribed, or once the first attempt failed."""
         while True:
             with suppress(RedisError, OSError):
-                await self._follow_channel(node)
+                await self._follow_channel(node, tried)
+            tried.set()
             await trio.sleep(self.retry_interval)
 
-    async def _follow_channel(self, node: RedisNode) -> None:
+    async def _follow_channel(self, node: RedisNode, subscribed: trio.Event) -> None:
         async with node.client.subscribe(self.channel) as messages:
             async for message in messages:
                 if message.kind == "subscribe":
                     # (Re)subscribed: a notice may have been missed meanwhile.
+                    subscribed.set()
                     self._fire_members()
                 if message.kind != "message":
                     continue

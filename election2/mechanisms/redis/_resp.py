@@ -41,6 +41,7 @@ runs are bound by that CPU. This client pipelines.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import ssl
 from collections import deque
@@ -52,10 +53,10 @@ from typing import Any, NamedTuple, Protocol, Self
 import outcome
 import trio
 
-try:
-    import hiredis
+try:  # optional: imported by name, so type checking does not depend on it
+    hiredis: Any = importlib.import_module("hiredis")
 except ImportError:  # pragma: no cover - depends on the environment
-    hiredis = None  # type: ignore[assignment]
+    hiredis = None
 
 #: Replies are parsed by hiredis (installed) unless a client is told otherwise.
 HAVE_HIREDIS = hiredis is not None
@@ -238,8 +239,7 @@ class PythonParser:
 def new_parser(use_hiredis: bool | None = None) -> Parser:
     """``hiredis.Reader`` if available (unless ``use_hiredis`` is False)."""
     if use_hiredis is not False and hiredis is not None:
-        # (its stub types feed() as taking str | bytes: bytearray works too)
-        reader: Parser = hiredis.Reader(  # type: ignore[assignment]
+        reader: Parser = hiredis.Reader(
             replyError=ReplyError,
             protocolError=ProtocolError,
             notEnoughData=NOT_READY,
