@@ -117,8 +117,8 @@ REPLIES = (
 
 @pytest.mark.parametrize("hiredis", [False, True])
 def test_parsers_agree_byte_by_byte(hiredis: bool) -> None:
-    if hiredis and not _resp.HAVE_HIREDIS:
-        pytest.skip("hiredis is not installed")
+    # The dev extra installs it: a missing parser is a broken setup, not a pass.
+    assert _resp.HAVE_HIREDIS or not hiredis, "hiredis is missing: pip install -e '.[dev]'"
     parser = _resp.new_parser(hiredis)
     assert isinstance(parser, PythonParser) != hiredis
     replies: list[object] = []
