@@ -838,7 +838,8 @@ class BaseFactory(ABC, Generic[ElectionT]):
         for election in elections:
             election._close_locally()
         # And those closed before whose release is still being retried.
-        elections += [cast(ElectionT, e) for e, _ in self._releasing if e not in elections]
+        open_ones = set(elections)
+        elections += {cast(ElectionT, e) for e, _ in self._releasing} - open_ones
         self._closed = True  # no release retry starts from here on
         with trio.move_on_after(self.close_timeout) as bounded:
             bounded.shield = True
