@@ -13,7 +13,7 @@ import election2
 from election2 import ConfigurationError
 from election2.mechanisms.redis import RedisElection, RedisFactory
 from tests.fault_checks import two_candidates
-from tests.redis.conftest import RedisNodeProcess, url_of
+from tests.redis.conftest import RedisNodeProcess, direct, url_of
 
 log = logging.getLogger("tests.redis")
 TTL = 2.0
@@ -145,3 +145,18 @@ async def test_no_node_is_refused(url: str) -> None:
     with pytest.raises(ConfigurationError):
         async with election2.open_factory(url):
             pass
+
+
+async def test_an_open_factory_has_subscribed_on_every_node(
+    redis3: list[RedisNodeProcess], prefix: str
+) -> None:
+    """Open returns once the listeners subscribed: a notice published right
+    after opening (another instance's release) reaches this one."""
+    async with direct(redis3) as clients:
+        for instance_id in ("first", "second"):
+            url = url_of(redis3, prefix, 3.0)
+            async with election2.open_factory(url, instance_id=instance_id) as factory:
+                assert isinstance(factory, RedisFactory)
+                for client in clients:
+                    _, subscribers = await client.execute("PUBSUB", "NUMSUB", factory.channel)
+                    assert int(subscribers) == 1
